@@ -1,0 +1,250 @@
+"""Score prompts with a frozen task LM: verbalizer log-probs per (prompt, example).
+
+The rendered input of a (prompt, example) pair is two token segments:
+  prefix       = template text before {prompt}, with {sentence} filled (trailing spaces moved on)
+  continuation = the rest: the prompt and the template's tail, whitespace runs collapsed
+`encode_pair` gives those tokens; both scorers below read the same tokens, so they agree.
+
+`CachedScorer` runs each example's prefix once, keeps its KV cache, and for every batch of prompts
+expands it and runs only the continuation, reading the logits of the last position alone.
+`NaiveScorer` is the reference (and RLPrompt's way): one full sequence per pair, full logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from rlprompt.errors import UserError
+from rlprompt.tasks import validate_template, verbalizer_token_ids
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """Template -> (head, tail) around {prompt}; either may hold {sentence}."""
+    validate_template(template)
+    head, tail = template.split("{prompt}")
+    return head, tail
+
+
+class PromptEncoder:
+    """Turns (prompt, sentence) into the prefix and continuation token ids of the task LM."""
+
+    def __init__(self, tokenizer, template: str, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.head, self.tail = split_template(template)
+        self.max_length = max_length
+
+    def texts(self, prompt: str, sentence: str) -> tuple[str, str]:
+        """(prefix text, continuation text) of one pair."""
+        head = self.head.replace("{sentence}", sentence)
+        prefix = head.rstrip()
+        gap = head[len(prefix):]
+        rest = gap + prompt + self.tail.replace("{sentence}", sentence)
+        return prefix, re.sub(r"[ ]{2,}", " ", rest)
+
+    def encode_prefix(self, sentence: str) -> list[int]:
+        """Token ids of the prefix (special tokens such as BOS included)."""
+        return self.tokenizer(self.texts("", sentence)[0], add_special_tokens=True).input_ids
+
+    def encode_continuation(self, prompt: str, sentence: str) -> list[int]:
+        """Token ids of the continuation (no special tokens)."""
+        cont = self.texts(prompt, sentence)[1]
+        return self.tokenizer(cont, add_special_tokens=False).input_ids
+
+    def encode_pair(self, prompt: str, sentence: str) -> list[int]:
+        """All token ids of the rendered pair, as the task LM reads them."""
+        ids = self.encode_prefix(sentence) + self.encode_continuation(prompt, sentence)
+        if not ids:
+            raise UserError(f"template {self.template!r} renders to no tokens")
+        if self.max_length and len(ids) > self.max_length:
+            raise UserError(f"prompt {prompt[:40]!r} with its input is {len(ids)} tokens, longer "
+                            f"than the task model's context ({self.max_length})")
+        return ids
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on 2-D hidden states (N, d) -> (N, vocab), with the model's logit soft-capping.
+
+    A 2-D input keeps torch's CPU bf16 matmul on its fast path (a (N, 1, d) input falls into bmm).
+    """
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _key(sentences: list[str]) -> str:
+    return hashlib.sha1("\x00".join(sentences).encode()).hexdigest()
+
+
+def _context_length(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+class _BaseScorer:
+    def __init__(self, model, tokenizer, template: str, verbalizers: list[str], max_rows: int = 512):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.encoder = PromptEncoder(tokenizer, template, _context_length(model))
+        self.verbalizer_ids = torch.tensor(verbalizer_token_ids(tokenizer, verbalizers))
+        self.max_rows = max_rows
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pairs_scored = 0  # (prompt, example) pairs sent through the model, cache hits excluded
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _verbalizer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, vocab) logits -> (N, V) full-vocabulary log-probs of the verbalizer tokens, fp32."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp[:, self.verbalizer_ids.to(logp.device)].cpu()
+
+
+class NaiveScorer(_BaseScorer):
+    """Reference scorer: one right-padded full sequence per (prompt, example), full logits."""
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
+        """(P, E, V) verbalizer log-probs."""
+        pairs = [(p, s) for p in prompts for s in sentences]
+        out = []
+        for i in range(0, len(pairs), self.max_rows):
+            seqs = [self.encoder.encode_pair(p, s) for p, s in pairs[i:i + self.max_rows]]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):
+                ids[r, :len(s)] = torch.tensor(s)
+                mask[r, :len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            last = torch.tensor([len(s) - 1 for s in seqs], device=logits.device)
+            out.append(self._verbalizer_logprobs(logits[torch.arange(len(seqs)), last]))
+            self.pairs_scored += len(seqs)
+        return torch.cat(out).view(len(prompts), len(sentences), -1)
+
+
+@dataclass
+class _Prefix:
+    cache: object  # transformers Cache holding the right-padded prefixes' keys/values
+    mask: torch.Tensor  # (E, Lp) 1 for real prefix tokens
+    lengths: torch.Tensor  # (E,) real prefix lengths
+
+
+class CachedScorer(_BaseScorer):
+    """Fast scorer: prefix KV computed once per example and reused across prompts and calls.
+
+    Scores are memoized per (prompt, example chunk), so prompts seen before cost nothing.
+    """
+
+    def __init__(self, model, tokenizer, template, verbalizers, max_rows: int = 512,
+                 example_chunk: int = 64, prefix_cache_size: int = 8, score_cache_size: int = 200_000):
+        super().__init__(model, tokenizer, template, verbalizers, max_rows)
+        self.example_chunk = example_chunk
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
+        self.prefix_cache_size = prefix_cache_size
+        self.score_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.score_cache_size = score_cache_size
+        self.cache_hits = 0
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
+        """(P, E, V) full-vocabulary log-probs of each verbalizer token, for every prompt × example."""
+        chunks = []
+        for c in range(0, len(sentences), self.example_chunk):
+            chunk = sentences[c:c + self.example_chunk]
+            key = _key(chunk)
+            todo = list(dict.fromkeys(p for p in prompts if (p, key) not in self.score_cache))
+            self.cache_hits += len(prompts) - len(todo)
+            if todo:
+                prefix = self._prefix(chunk, key)
+                rows_per_prompt = len(chunk)
+                step = max(1, self.max_rows // rows_per_prompt)
+                for i in range(0, len(todo), step):
+                    part = todo[i:i + step]
+                    scores = self._score_continuations(part, chunk, prefix)
+                    for p, s in zip(part, scores):
+                        self._remember((p, key), s)
+            chunks.append(torch.stack([self.score_cache[(p, key)] for p in prompts]))
+        return torch.cat(chunks, dim=1)
+
+    def _remember(self, key, value):
+        self.score_cache[key] = value
+        if len(self.score_cache) > self.score_cache_size:
+            self.score_cache.popitem(last=False)
+
+    def _prefix(self, sentences: list[str], key: str) -> _Prefix:
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key]
+        seqs = [self.encoder.encode_prefix(s) for s in sentences]
+        if min(map(len, seqs)) == 0:
+            # Nothing before the prompt (template starts with {prompt}, no BOS): start from one pad
+            # token that no later position attends to.
+            seqs = [s or [self.pad_id] for s in seqs]
+            lengths = torch.tensor([0 if s == [self.pad_id] else len(s) for s in seqs])
+        else:
+            lengths = torch.tensor([len(s) for s in seqs])
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :lengths[r]] = 1
+        # Right padding: every real token sees only real tokens; pads are masked for later queries.
+        out = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    use_cache=True)
+        prefix = _Prefix(out.past_key_values, mask, lengths)
+        self._prefixes[key] = prefix
+        if len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return prefix
+
+    def _score_continuations(self, prompts, sentences, prefix: _Prefix) -> torch.Tensor:
+        """(P, E, V) for a block of prompts on one example chunk, in one forward pass."""
+        E = len(sentences)
+        conts = [self.encoder.encode_continuation(p, s) for p in prompts for s in sentences]
+        for seq, (p, s) in zip(conts, ((p, s) for p in prompts for s in sentences)):
+            if not seq:
+                raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt "
+                                "to read the label at; end it with text such as ' It was'")
+        limit = self.encoder.max_length
+        lengths = prefix.lengths.repeat(len(prompts))  # row r = prompt r // E, example r % E
+        if limit and int((lengths + torch.tensor([len(c) for c in conts])).max()) > limit:
+            raise UserError(f"a prompt with its input is longer than the task model's context ({limit})")
+        width = max(map(len, conts))
+        ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros_like(ids)
+        pos = torch.zeros_like(ids)
+        for r, seq in enumerate(conts):
+            n = len(seq)
+            # Left padding inside the continuation keeps every row's last token at the last position.
+            ids[r, width - n:] = torch.tensor(seq)
+            cont_mask[r, width - n:] = 1
+            pos[r, width - n:] = torch.arange(int(lengths[r]), int(lengths[r]) + n)
+        index = torch.arange(E).repeat(len(prompts))
+        cache = copy.copy(prefix.cache)
+        cache.layers = [copy.copy(layer) for layer in prefix.cache.layers]
+        cache.batch_select_indices(index.to(self.device))
+        mask = torch.cat([prefix.mask[index], cont_mask], dim=1)
+        hidden = self.model.base_model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device), past_key_values=cache, use_cache=True,
+        ).last_hidden_state[:, -1]  # (rows, d): only the last position goes through the head
+        logits = lm_logits(self.model, hidden)
+        self.pairs_scored += len(conts)
+        return self._verbalizer_logprobs(logits).view(len(prompts), E, -1)
+
+
+def build_scorer(model, tokenizer, template: str, verbalizers: list[str], kind: str = "cached", **kw):
+    """A scorer for a task LM: 'cached' (default) or 'naive'."""
+    if kind == "naive":
+        return NaiveScorer(model, tokenizer, template, verbalizers, **kw)
+    if kind == "cached":
+        return CachedScorer(model, tokenizer, template, verbalizers, **kw)
+    raise UserError(f"unknown scorer {kind!r}; use cached or naive")
