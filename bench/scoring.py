@@ -1,0 +1,120 @@
+"""Benchmark the task-LM scorers: CachedScorer vs NaiveScorer, fp32 and bf16. Prints ONE JSON line.
+
+    PYTHONPATH=. python bench/scoring.py [--model smollm2-135m] [--prompts 16] [--examples 32] [--repeats 2]
+
+Workload: --prompts distinct prompts × the first --examples SST-2 train examples (16-shot seed 13),
+the preset template and verbalizers, scored in one `score()` call (as one RL step scores its prompts).
+
+What is timed, per scorer and dtype (median of --repeats calls):
+  * warm-up (not timed): one `score()` on a different set of prompts over the same examples. For the
+    CachedScorer this computes and keeps the examples' prefix KV cache, so timed calls run the
+    continuations only: the steady state of training, where the same examples are scored every step.
+  * timed: `score(prompts, examples)`. The CachedScorer's score memo is cleared before each timed
+    call (its prefix KV cache is kept), so every call really runs the model on all pairs. The
+    NaiveScorer keeps nothing between calls: each call runs every full sequence.
+pairs/s = prompts × examples / seconds. `max_abs_diff_fp32` compares the cached and naive (P, E, V)
+log-probs in fp32; `bf16_labels_match_fp32` compares the argmax labels of bf16 and fp32 (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlprompt.cli import quiet_transformers  # noqa: E402
+from rlprompt.models import load_lm, pick_device  # noqa: E402
+from rlprompt.scorer import CachedScorer, NaiveScorer  # noqa: E402
+from rlprompt.tasks import load_task  # noqa: E402
+
+# Realistic ~5-token prompts: 16 for the timed calls, 16 others for the warm-up.
+TIMED_PROMPTS = [
+    "Overall, the movie was", "In summary, this film is", "My honest review of it:",
+    "The critic's verdict:", "Rating this movie overall", "What I thought of the film",
+    "Absolutely the best review ever", "Sentiment of the review below", "Final opinion on this movie",
+    "Viewers say this film was", "Honestly, the acting felt", "The audience reaction was",
+    "Critics agree the story is", "Short review, in one word", "How the plot turned out",
+    "Reviewer's feeling about it",
+]
+WARMUP_PROMPTS = [
+    "Warm up prompt number one", "Another unrelated prompt here", "Some words about cinema",
+    "Just a test of speed", "This sentence warms caches", "Random prefix for warming",
+    "Movie night thoughts:", "Popcorn and a film", "Reading the review now", "Lights, camera, action",
+    "The screenplay was written", "Box office numbers show", "A sequel is coming soon",
+    "Directed by a newcomer", "Festival premiere last year", "Streaming this weekend",
+]
+
+
+def make_prompts(base: list[str], n: int) -> list[str]:
+    """n distinct prompts: the list, then numbered variants when more are asked for."""
+    return [base[i % len(base)] + ("" if i < len(base) else f" {i // len(base)}") for i in range(n)]
+
+
+def time_scorer(scorer, prompts, warmup, sentences, repeats: int) -> tuple[float, torch.Tensor]:
+    """(median seconds of one timed score() call, its (P, E, V) output)."""
+    scorer.score(warmup, sentences)
+    times, out = [], None
+    for _ in range(repeats):
+        if isinstance(scorer, CachedScorer):
+            scorer.score_cache.clear()  # keep the prefix KV, drop the memoized scores
+        start = time.perf_counter()
+        out = scorer.score(prompts, sentences)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="task LM (default smollm2-135m)")
+    p.add_argument("--prompts", type=int, default=16, help="distinct prompts per call (default 16)")
+    p.add_argument("--examples", type=int, default=32, help="SST-2 train examples (default 32)")
+    p.add_argument("--repeats", type=int, default=2, help="timed calls per scorer, median reported (default 2)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    quiet_transformers()
+    torch.manual_seed(0)
+
+    task = load_task("sst2", seed=13)
+    sentences = [ex.text for ex in task.train[:args.examples]]
+    prompts = make_prompts(TIMED_PROMPTS, args.prompts)
+    warmup = make_prompts(WARMUP_PROMPTS, args.prompts)
+    pairs = len(prompts) * len(sentences)
+
+    result = {"bench": "scoring", "model": args.model, "prompts": len(prompts), "examples": len(sentences),
+              "pairs": pairs, "repeats": args.repeats}
+    outputs = {}
+    for dtype in ("fp32", "bf16"):
+        model, tok = load_lm(args.model, args.device, dtype)
+        for name, cls in (("cached", CachedScorer), ("naive", NaiveScorer)):
+            scorer = cls(model, tok, task.template, task.verbalizers)
+            seconds, outputs[name, dtype] = time_scorer(scorer, prompts, warmup, sentences, args.repeats)
+            result[f"{name}_{dtype}_pairs_per_s"] = round(pairs / seconds, 1)
+        result[f"speedup_{dtype}"] = round(result[f"cached_{dtype}_pairs_per_s"]
+                                           / result[f"naive_{dtype}_pairs_per_s"], 2)
+        del model
+
+    diff = (outputs["cached", "fp32"] - outputs["naive", "fp32"]).abs().max().item()
+    result["max_abs_diff_fp32"] = float(f"{diff:.3g}")
+    fp32_labels = outputs["cached", "fp32"].argmax(-1)
+    bf16_labels = outputs["cached", "bf16"].argmax(-1)
+    result["bf16_labels_match_fp32"] = bool((fp32_labels == bf16_labels).all())
+    result["bf16_label_agreement"] = round((fp32_labels == bf16_labels).float().mean().item(), 4)
+    result["bf16_naive_labels_match_fp32"] = bool((outputs["naive", "bf16"].argmax(-1) == fp32_labels).all())
+    result["device"] = str(pick_device(args.device))
+    result["threads"] = torch.get_num_threads()
+    result["cpu"] = platform.processor() or platform.machine()
+    result["torch"] = torch.__version__
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

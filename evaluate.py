@@ -1,0 +1,209 @@
+"""Score discrete prompts on a few-shot task's dev and test sets, next to the no-prompt and manual baselines.
+
+    python evaluate.py --task sst2 --prompt "Absolutely fantastic movie review" --prompt "..."
+    python evaluate.py --run runs/<name>              # the run's best prompts, on the run's task and model
+    python evaluate.py --task sst2 --prompts-file prompts.txt --splits dev --limit 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.errors import UserError
+
+DEFAULTS = {"task": "sst2", "seed": 13, "task_model": "smollm2-135m", "dtype": "bf16",
+            "data_dir": None, "template": None, "verbalizers": None}
+# evaluate.py flag -> the key train.py writes in the run's config.json
+RUN_KEYS = {"task": "task", "seed": "seed", "task_model": "task_model", "dtype": "task_dtype",
+            "data_dir": "data_dir", "template": "template", "verbalizers": "verbalizers"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of the CLI
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=__doc__.split("\n", 1)[1])
+    p.add_argument("--task", help="task preset: sst2, mr or agnews (default: the run's, else sst2)")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="a prompt to score (repeat the flag for more)")
+    p.add_argument("--prompts-file", action="append", default=[], metavar="FILE",
+                   help="a UTF-8 text file with one prompt per line (blank lines skipped)")
+    p.add_argument("--run", metavar="DIR", help="a train.py run folder: score the best prompts of its "
+                   "prompts.json; its config.json gives the defaults of the flags below")
+    p.add_argument("--top-k", type=int, default=5, help="how many of the run's prompts (default 5)")
+    p.add_argument("--data-dir", help="folder of the few-shot data (default $RLPROMPT_DATA or ../shared/data)")
+    p.add_argument("--seed", type=int, help="16-shot split: 13, 21, 42, 87 or 100 (default 13)")
+    p.add_argument("--task-model", help="task LM: embedded name, local path or HF id (default smollm2-135m)")
+    p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], help="task LM precision (default bf16)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto: CUDA if available)")
+    p.add_argument("--splits", default="dev,test", help="comma-separated splits to score (default dev,test)")
+    p.add_argument("--limit", type=int, help="score only the first N examples of each split, for quick checks "
+                   "(the 16-shot files are sorted by label: a small N may hold one class only)")
+    p.add_argument("--out", help="results JSON (default: results.json in --run, else ./eval_results.json)")
+    p.add_argument("--template", help="template with {sentence} and {prompt} (default: the preset's)")
+    p.add_argument("--verbalizers", help='comma-separated, one token each, e.g. " terrible"," great"')
+    p.add_argument("--allow-download", action="store_true", help="allow fetching models from the HF hub")
+    return p
+
+
+def parse_verbalizers(text: str | None) -> list[str] | None:
+    """' terrible, great' or '" terrible"," great"' -> [' terrible', ' great'] (quotes removed, spaces kept)."""
+    if not text:
+        return None
+    words = []
+    for w in text.split(","):
+        s = w.strip()
+        words.append(s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'" else w)
+    return words
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder, not a file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """One prompt per line; blank lines skipped; a UserError when there is none."""
+    lines = _read_text(Path(path), "prompts file").splitlines()
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file {path} has no prompts (one per line)")
+    return prompts
+
+
+def read_run(run_dir: str, top_k: int) -> tuple[list[str], dict]:
+    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {})."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"run folder not found: {root}")
+    try:
+        rows = json.loads(_read_text(root / "prompts.json", "prompts.json of the run"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{root / 'prompts.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                                             for r in rows):
+        raise UserError(f"{root / 'prompts.json'}: expected a list of objects with a \"prompt\" string")
+    if not rows:
+        raise UserError(f"{root / 'prompts.json'} holds no prompts")
+    config = {}
+    if (root / "config.json").is_file():
+        try:
+            config = json.loads(_read_text(root / "config.json", "config.json of the run"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        config = config if isinstance(config, dict) else {}
+    return [r["prompt"] for r in rows[:top_k]], config
+
+
+def collect_prompts(args, run_prompts: list[str], manual: str) -> list[tuple[str, str]]:
+    """(source, prompt) rows: the two baselines first, then the given prompts; duplicates dropped."""
+    rows = [("no prompt", ""), ("manual prompt", manual)]
+    rows += [("prompt", p) for p in args.prompt]
+    for f in args.prompts_file:
+        rows += [(f"file {f}", p) for p in read_prompts_file(f)]
+    rows += [(f"run #{i + 1}", p) for i, p in enumerate(run_prompts)]
+    seen, out = set(), []
+    for source, prompt in rows:
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append((source, prompt))
+    return out
+
+
+def print_table(rows: list[dict], splits: list[str], sizes: dict[str, int]) -> None:
+    width = 56
+    head = "".join(f"{f'{s} acc (n={sizes[s]})':>20}" for s in splits)
+    print(f"{'prompt':<{width}}{head}")
+    for r in rows:
+        label = f"[{r['source']}] {r['prompt']}" if r["source"] in ("no prompt", "manual prompt") \
+            else json.dumps(r["prompt"], ensure_ascii=False)
+        label = label if len(label) <= width - 2 else label[:width - 3] + "…"
+        print(f"{label:<{width}}" + "".join(f"{100 * r[f'{s}_acc']:>19.1f}%" for s in splits))
+
+
+def write_json(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def evaluate(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    splits = list(dict.fromkeys(s.strip() for s in args.splits.split(",") if s.strip()))
+    if not splits or any(s not in ("train", "dev", "test") for s in splits):
+        raise UserError(f"--splits {args.splits!r}: use a comma-separated list of train, dev, test")
+
+    run_prompts, run_config = read_run(args.run, args.top_k) if args.run else ([], {})
+    for flag, key in RUN_KEYS.items():  # explicit flag, else the run's setting, else the default
+        if getattr(args, flag) is None:
+            setattr(args, flag, run_config.get(key, DEFAULTS[flag]))
+
+    from rlprompt.tasks import load_task, validate_template
+
+    if args.template is not None:
+        validate_template(args.template)
+    task = load_task(args.task, args.data_dir, args.seed, template=args.template,
+                     verbalizers=parse_verbalizers(args.verbalizers))
+    prompts = collect_prompts(args, run_prompts, task.manual_prompt)
+    data = {s: task.split(s)[:args.limit] for s in splits}
+
+    quiet_transformers()
+    from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.models import load_lm
+    from rlprompt.scorer import build_scorer
+
+    model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)
+    scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
+    device = str(next(model.parameters()).device)
+    print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {args.dtype} on {device} | "
+          f"template {task.template!r} | verbalizers {task.verbalizers}")
+
+    texts = [p for _, p in prompts]
+    rows = [{"source": source, "prompt": p} for source, p in prompts]
+    for s in splits:
+        for row, res in zip(rows, evaluate_prompts(scorer, texts, data[s], desc=s)):
+            row[f"{s}_acc"], row[f"{s}_n"] = res["accuracy"], res["n"]
+    sizes = {s: len(data[s]) for s in splits}
+    print_table(rows, splits, sizes)
+
+    out = Path(args.out) if args.out else (Path(args.run) / "results.json" if args.run
+                                           else Path("eval_results.json"))
+    write_json(out, {
+        "task": task.name, "seed": args.seed, "data_dir": args.data_dir, "task_model": args.task_model,
+        "dtype": args.dtype, "device": device, "template": task.template, "verbalizers": task.verbalizers,
+        "limit": args.limit, "splits": sizes, "run": args.run, "results": rows,
+    })
+    print(f"results written to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point; a UserError prints one `error:` line to stderr and returns 2."""
+    return run_cli(lambda: evaluate(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

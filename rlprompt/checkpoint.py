@@ -1,0 +1,67 @@
+"""Atomic checkpoints and RNG state capture, so a run survives crashes and resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlprompt.errors import UserError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(file) on a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Python, numpy, torch and the sampling generator's RNG states."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(), "sampler": generator.get_state()}
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Restore what rng_state captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampler"])
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> Path:
+    """Write run_dir/checkpoint.pt atomically; the previous checkpoint stays intact until the rename."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """Read run_dir/checkpoint.pt; a UserError names a missing or unreadable file."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint to resume from: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None

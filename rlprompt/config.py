@@ -1,0 +1,90 @@
+"""Training configuration: one dataclass, one help line per field, parsed into --kebab-case flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from rlprompt.errors import UserError
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    task: str = _f("sst2", "task preset: sst2, mr or agnews")
+    data_dir: str | None = _f(None, "folder of the few-shot data (default $RLPROMPT_DATA or ../shared/data)")
+    seed: int = _f(13, "16-shot split (13, 21, 42, 87, 100) and the random seed of the run")
+    policy_model: str = _f("smollm2-135m", "policy LM: embedded name, local path or HF id")
+    task_model: str = _f("smollm2-135m", "task LM that scores prompts: embedded name, local path or HF id")
+    task_dtype: str = _f("bf16", "task LM precision for scoring: bf16 (fast on CPUs with AVX512-BF16/AMX and GPUs) or fp32")
+    template: str | None = _f(None, "task template with {sentence} and {prompt} (default: the preset's)")
+    verbalizers: str | None = _f(None, 'comma-separated, one token each, e.g. " terrible"," great"')
+    prompt_length: int = _f(5, "tokens per prompt")
+    steps: int = _f(240, "policy-gradient steps (the budget)")
+    prompts_per_step: int = _f(16, "prompts sampled and scored per step")
+    lr: float = _f(3e-5, "Adam learning rate of the adaptor")
+    top_k: int = _f(256, "top-k sampling while training")
+    entropy_coef: float = _f(0.01, "entropy bonus weight")
+    kl_coef: float = _f(0.2, "weight of KL(policy ‖ initial policy) per token: keeps exploration alive")
+    reward_scale: float = _f(5.0, "the z-scored reward is multiplied by this before the update")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    no_repeat: bool = _f(True, "forbid a token twice in one prompt (--no-no-repeat allows it)")
+    adaptor_hidden: int = _f(2048, "hidden width of the adaptor MLP")
+    eval_every: int = _f(10, "evaluate the greedy prompt and the best sampled ones on dev every N steps")
+    patience: int = _f(10, "stop after this many evaluations without a better dev accuracy (0: never)")
+    top_prompts: int = _f(5, "prompts kept in prompts.json; the best 3 are scored on test")
+    init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
+    init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
+    policy_start: str | None = _f(None, "text the policy starts writing after (default <|endoftext|>)")
+    device: str = _f("auto", "cpu, cuda, cuda:1 … (auto: CUDA when available)")
+    out: str | None = _f(None, "run folder (default runs/<task>__<seed>__<time>)")
+    checkpoint_every: int = _f(20, "write the checkpoint every N steps")
+    resume: str | None = _f(None, "run folder to resume from its checkpoint")
+    allow_download: bool = _f(False, "allow fetching models from the Hugging Face hub")
+    skip_test: bool = _f(False, "do not score the final prompts on the test set")
+
+    def __post_init__(self):
+        if self.prompt_length < 1:
+            raise UserError(f"--prompt-length must be at least 1, got {self.prompt_length}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.prompts_per_step < 2:
+            raise UserError("--prompts-per-step must be at least 2 (rewards are normalized across them)")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.eval_every < 1 or self.checkpoint_every < 1:
+            raise UserError("--eval-every and --checkpoint-every must be at least 1")
+
+    def verbalizer_list(self) -> list[str] | None:
+        """--verbalizers parsed: comma-separated, surrounding double quotes removed, spaces kept."""
+        if not self.verbalizers:
+            return None
+        words = []
+        for w in self.verbalizers.split(","):
+            s = w.strip()
+            words.append(s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'" else w)
+        return words
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """One --flag per dataclass field, its help the field's help line."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, default=f.default, help=help_)
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Command line -> TrainConfig."""
+    parser = argparse.ArgumentParser(
+        description="Train a prompt-writing policy with RL (RLPrompt) on a few-shot classification task.")
+    add_arguments(parser)
+    return TrainConfig(**vars(parser.parse_args(argv)))

@@ -1,0 +1,126 @@
+"""The cached scorer agrees with the naive reference; bf16 keeps fp32's labels; accuracy helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples
+from rlprompt.scorer import CachedScorer, NaiveScorer, build_scorer
+from rlprompt.tasks import Example, load_task
+
+SENTENCES = [
+    "a gripping , beautifully acted film .",
+    "dull and lifeless .",
+    "i do n't mean that in a good way , and the plot drags on for far too long .",
+    '"bad" is the word .',
+    "an exhilarating ride",
+]
+PROMPTS = [
+    "",  # no prompt
+    "Great",
+    "Overall, what did the reviewer think of the movie?",
+    "  spaced   out  prompt ",
+    "movie review sentiment classifier output:",
+]
+TEMPLATES = [
+    "{sentence} {prompt} It was",
+    "{prompt} {sentence} It was",  # prompt before the sentence: nothing cached before it
+    "Review: {sentence}\n{prompt} Sentiment:",
+    "{prompt}\n{sentence} All in all, it was",
+]
+VERBALIZERS = [" terrible", " great"]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_cached_equals_naive_on_tiny_lm(tiny_lm, template):
+    model, tok = tiny_lm
+    # small chunks and row limits: several example chunks and several forward passes per chunk
+    cached = CachedScorer(model, tok, template, VERBALIZERS, max_rows=8, example_chunk=2)
+    naive = NaiveScorer(model, tok, template, VERBALIZERS, max_rows=7)
+    got, ref = cached.score(PROMPTS, SENTENCES), naive.score(PROMPTS, SENTENCES)
+    assert got.shape == ref.shape == (len(PROMPTS), len(SENTENCES), 2)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    # full-vocabulary log-probs: the two verbalizers hold less than all the mass
+    assert (got.logsumexp(-1) < 0).all()
+    assert cached.pairs_scored == naive.pairs_scored == len(PROMPTS) * len(SENTENCES)
+
+
+def test_prompts_of_different_lengths_in_one_batch_match_alone(tiny_lm):
+    model, tok = tiny_lm
+    scorer = CachedScorer(model, tok, TEMPLATES[0], VERBALIZERS)
+    together = scorer.score(PROMPTS, SENTENCES)
+    for i, p in enumerate(PROMPTS):
+        alone = CachedScorer(model, tok, TEMPLATES[0], VERBALIZERS).score([p], SENTENCES)
+        torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=0)
+
+
+def test_score_cache_hit_gives_the_same_scores(tiny_lm):
+    model, tok = tiny_lm
+    scorer = CachedScorer(model, tok, TEMPLATES[0], VERBALIZERS, example_chunk=3)
+    first = scorer.score(PROMPTS[:3], SENTENCES)
+    scored = scorer.pairs_scored
+    again = scorer.score(list(reversed(PROMPTS[:3])), SENTENCES)  # all hits, another order
+    assert scorer.pairs_scored == scored and scorer.cache_hits > 0
+    torch.testing.assert_close(again, first.flip(0), atol=0, rtol=0)
+    mixed = scorer.score([PROMPTS[3], PROMPTS[0]], SENTENCES)  # one new prompt, one hit
+    assert scorer.pairs_scored == scored + len(SENTENCES)
+    ref = NaiveScorer(model, tok, TEMPLATES[0], VERBALIZERS).score([PROMPTS[3], PROMPTS[0]], SENTENCES)
+    torch.testing.assert_close(mixed, ref, atol=1e-4, rtol=0)
+
+
+def test_build_scorer_kinds(tiny_lm):
+    from rlprompt.errors import UserError
+
+    model, tok = tiny_lm
+    assert isinstance(build_scorer(model, tok, TEMPLATES[0], VERBALIZERS), CachedScorer)
+    assert isinstance(build_scorer(model, tok, TEMPLATES[0], VERBALIZERS, kind="naive"), NaiveScorer)
+    with pytest.raises(UserError, match="unknown scorer"):
+        build_scorer(model, tok, TEMPLATES[0], VERBALIZERS, kind="fast")
+
+
+def test_accuracy():
+    logprobs = torch.log(torch.tensor([
+        [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]],
+        [[0.1, 0.9], [0.1, 0.9], [0.1, 0.9], [0.1, 0.9]],
+    ]))
+    torch.testing.assert_close(accuracy(logprobs, [0, 1, 1, 1]), torch.tensor([0.75, 0.75]))
+    with pytest.raises(ValueError):
+        accuracy(logprobs, [0, 1])
+
+
+def test_evaluate_prompts_in_chunks_matches_one_call(tiny_lm):
+    model, tok = tiny_lm
+    examples = [Example(s, i % 2) for i, s in enumerate(SENTENCES)]
+    scorer = CachedScorer(model, tok, TEMPLATES[0], VERBALIZERS)
+    rows = evaluate_prompts(scorer, PROMPTS, examples, chunk_size=2, progress=False)
+    ref = accuracy(NaiveScorer(model, tok, TEMPLATES[0], VERBALIZERS).score(PROMPTS, SENTENCES),
+                   [e.label for e in examples])
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert all(r["n"] == len(examples) for r in rows)
+    assert [r["accuracy"] for r in rows] == pytest.approx(ref.tolist())
+    assert score_examples(scorer, PROMPTS, [], progress=False).shape == (len(PROMPTS), 0, 2)
+
+
+# --- the real SmolLM2-135M ----------------------------------------------------------------------
+
+def test_cached_equals_naive_on_smollm2_fp32(smollm, data_dir):
+    model, tok = smollm
+    task = load_task("sst2", data_dir)
+    sentences = [e.text for e in task.dev[14:18]]  # both labels
+    prompts = ["", task.manual_prompt, "Absolutely"]
+    got = CachedScorer(model, tok, task.template, task.verbalizers).score(prompts, sentences)
+    ref = NaiveScorer(model, tok, task.template, task.verbalizers).score(prompts, sentences)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_bf16_keeps_fp32_labels_on_sst2_dev(smollm, data_dir):
+    from rlprompt.models import load_lm
+
+    model32, tok = smollm
+    model16, _ = load_lm("smollm2-135m", device="cpu", dtype="bf16")
+    task = load_task("sst2", data_dir)
+    prompts, sentences = ["", task.manual_prompt], [e.text for e in task.dev]
+    s32 = CachedScorer(model32, tok, task.template, task.verbalizers).score(prompts, sentences)
+    s16 = CachedScorer(model16, tok, task.template, task.verbalizers).score(prompts, sentences)
+    assert torch.equal(s32.argmax(-1), s16.argmax(-1)), (s32.diff(dim=-1).squeeze(-1), s16.diff(dim=-1).squeeze(-1))

@@ -1,0 +1,174 @@
+"""Train a prompt-writing policy with RL on a few-shot classification task.
+
+    python train.py --task sst2                  # defaults: embedded SmolLM2, CPU or CUDA, ~20 min on 2 cores
+    python train.py --resume runs/<name>         # continue an interrupted run exactly
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlprompt.checkpoint import atomic_write_text, load_checkpoint
+from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.config import TrainConfig, add_arguments
+from rlprompt.errors import UserError
+
+# Identity of a run: a resumed run must not change these.
+RUN_IDENTITY = ("task", "data_dir", "seed", "policy_model", "task_model", "task_dtype", "template",
+                "verbalizers", "prompt_length", "prompts_per_step", "policy_start", "init_prompt")
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
+    """Flags -> (config, checkpoint state or None). With --resume the run's saved config is used;
+    flags given explicitly may change the budget or device but not the run's identity."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    if not args["resume"]:
+        return TrainConfig(**args), None
+    explicit_parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    add_arguments(explicit_parser)
+    for action in explicit_parser._actions:
+        action.default = argparse.SUPPRESS
+    explicit = vars(explicit_parser.parse_args(argv))
+    state = load_checkpoint(Path(args["resume"]))
+    saved = state["config"]
+    for name in RUN_IDENTITY:
+        if name in explicit and explicit[name] != saved.get(name):
+            raise UserError(f"cannot resume {args['resume']} with --{name.replace('_', '-')} "
+                            f"{explicit[name]!r}: the run was made with {saved.get(name)!r}")
+    merged = {**saved, **{k: v for k, v in explicit.items() if k not in RUN_IDENTITY}}
+    merged["resume"] = args["resume"]
+    merged["out"] = args["resume"]
+    return TrainConfig(**merged), state
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder (created); a UserError when it cannot be written."""
+    run_dir = Path(cfg.out or f"runs/{cfg.task}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run folder {run_dir}: {e.strerror or e}") from None
+    return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (one place, as in CleanRL)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build(cfg: TrainConfig):
+    """Task, task-LM scorer, policy and the train/dev environments of a config."""
+    from envs import PromptClassificationEnv
+    from rlprompt.models import load_lm, pick_device
+    from rlprompt.policy import PromptPolicy
+    from rlprompt.scorer import CachedScorer
+    from rlprompt.tasks import load_task
+
+    device = pick_device(cfg.device)
+    task = load_task(cfg.task, cfg.data_dir, cfg.seed, cfg.template, cfg.verbalizer_list())
+    task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
+    scorer = CachedScorer(task_model, task_tok, task.template, task.verbalizers)
+    policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
+    policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
+                          cfg.no_repeat, cfg.policy_start)
+    vocab = policy_model.get_output_embeddings().weight.shape[0]
+    decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
+    train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length)
+    dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
+    return task, scorer, policy, train_env, dev_env
+
+
+def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
+    """Score the best prompts (and the baselines) on test; write prompts.json and summary.json."""
+    from rlprompt.evaluation import evaluate_prompts
+
+    best = trainer.leaderboard.best(cfg.top_prompts)
+    baselines = {"manual prompt": task.manual_prompt, "no prompt": ""}
+    test = {}
+    if not cfg.skip_test:
+        texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
+        test = {row["prompt"]: row["accuracy"] for row in evaluate_prompts(scorer, texts, task.test)}
+        for r in best[:3]:
+            r.test_acc = test[r.prompt]
+    dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))
+    rows = [dataclasses.asdict(r) for r in best]
+    atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
+    summary = {
+        "task": cfg.task, "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
+        "wall_s": round(wall_s, 1), "skipped_steps": trainer.skipped_steps,
+        "best_prompt": rows[0] if rows else None,
+        "baselines": [{"name": n, "prompt": p, "dev_acc": float(dev[p]), "test_acc": test.get(p)}
+                      for n, p in baselines.items()],
+        "config": dataclasses.asdict(cfg),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
+    def pct(x):
+        return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+    print(f"\n{summary['stop_reason']} after {summary['steps']} steps ({summary['wall_s']:.0f} s)")
+    print(f"{'prompt':<50} {'dev':>7} {'test':>7}")
+    for r in best_rows:
+        print(f"{r['prompt'][:50]:<50} {pct(r['dev_acc']):>7} {pct(r['test_acc']):>7}")
+    for b in summary["baselines"]:
+        label = f"[{b['name']}] {b['prompt']}"[:50]
+        print(f"{label:<50} {pct(b['dev_acc']):>7} {pct(b['test_acc']):>7}")
+    print(f"run saved in {run_dir} (prompts.json, summary.json, checkpoint.pt, TensorBoard logs)")
+
+
+def main(argv=None) -> int:
+    cfg, state = parse_args(argv)
+    quiet_transformers()
+    run_dir = make_run_dir(cfg)
+    seed_everything(cfg.seed)
+    task, scorer, policy, train_env, dev_env = build(cfg)
+    if state is not None and state["config"]["task"] != cfg.task:
+        raise UserError("checkpoint belongs to another task")
+    atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlprompt.trainer import Trainer
+
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
+    trainer = Trainer(cfg, policy, train_env, dev_env, run_dir, writer)
+    if state is not None:
+        trainer.load_state_dict(state)
+        print(f"resumed {run_dir} at step {trainer.step}")
+    start = time.time()
+    status = trainer.run(progress=True)
+    writer.flush()
+    if status == "interrupted":
+        print(f"interrupted at step {trainer.step}; checkpoint saved. Resume with: "
+              f"python train.py --resume {run_dir}", file=sys.stderr)
+        return 130
+    summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)
+    writer.close()
+    print_summary(summary, json.loads((run_dir / "prompts.json").read_text()), run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
