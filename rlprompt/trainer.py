@@ -189,7 +189,6 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         self.skipped_steps = state["skipped_steps"]
         self.history = state["history"]
-        self.stop_reason = state.get("stop_reason")
         cache = getattr(self.train_env.scorer, "score_cache", None)
         if cache is not None:
             cache.update(state.get("score_cache", {}))
@@ -197,6 +196,7 @@ class Trainer:
     def save(self) -> Path:
         """Write the checkpoint atomically."""
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             return save_checkpoint(self.run_dir, self.state_dict())
         except OSError as e:
             raise UserError(f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}") from None

@@ -1,0 +1,123 @@
+"""The environment and the training loop on tiny models: check_env, learning, resume, train.py."""
+
+import json
+import subprocess
+import sys
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import PromptClassificationEnv
+from rlprompt.config import TrainConfig
+from rlprompt.policy import PromptPolicy
+from rlprompt.rewards import classification_reward, normalize_rewards
+from rlprompt.scorer import CachedScorer
+from rlprompt.trainer import Trainer
+from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
+
+
+def test_reward_matches_rlprompt_definition():
+    logprobs = torch.log(torch.tensor([[[0.2, 0.8], [0.9, 0.1]]]))
+    reward, acc = classification_reward(logprobs, torch.tensor([1, 1]))
+    assert acc.item() == 0.5
+    assert reward.item() == pytest.approx((200 * 0.6 + 180 * -0.8) / 2, abs=1e-4)
+
+
+def test_normalize_rewards_handles_equal_rewards():
+    assert torch.equal(normalize_rewards(torch.full((4,), 3.0)), torch.zeros(4))
+    z = normalize_rewards(torch.tensor([1.0, 2.0, 3.0]), scale=5.0)
+    assert z.mean().abs() < 1e-6 and z.std(unbiased=False) == pytest.approx(5.0)
+
+
+def make_env(tokenizer, model, examples=TOY_EXAMPLES, length=3):
+    scorer = CachedScorer(model, tokenizer, "{sentence} {prompt} It was", [" terrible", " great"])
+    decode = lambda ids: tokenizer.decode(ids).strip()  # noqa: E731
+    return PromptClassificationEnv(scorer, examples, decode, len(tokenizer), length)
+
+
+def test_env_passes_check_env_and_is_registered(smol_tokenizer, tiny_lm):
+    env = make_env(smol_tokenizer, tiny_lm[0])
+    check_env(env)
+    obs, _ = env.reset(seed=0)
+    assert (obs == env.vocab_size).all()
+    for t in range(3):
+        obs, reward, terminated, truncated, info = env.step(1000 + t)
+    assert terminated and not truncated and "prompt" in info and 0 <= info["accuracy"] <= 1
+    batch_rewards, _, texts = env.score_batch([[1000, 1001, 1002]])
+    assert batch_rewards[0] == pytest.approx(reward, abs=1e-5) and texts[0] == info["prompt"]
+    assert envs.ENV_ID in gymnasium.registry
+
+
+def toy_trainer(tokenizer, tmp_path, steps, seed=0, **overrides):
+    overrides.setdefault("prompts_per_step", 8)
+    cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, lr=3e-3,
+                      eval_every=5, patience=0, checkpoint_every=5, adaptor_hidden=64, seed=seed,
+                      kl_coef=0.0, entropy_coef=0.0, **overrides)
+    torch.manual_seed(seed)
+    policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
+                          cfg.adaptor_hidden)
+    scorer = ParityTaskLM(tokenizer)
+    decode = lambda ids: tokenizer.decode(ids).strip()  # noqa: E731
+    env = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, len(tokenizer), cfg.prompt_length)
+    return Trainer(cfg, policy, env, env, tmp_path)
+
+
+def test_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=80, prompts_per_step=16)
+    assert trainer.run(progress=False) == "step budget reached"
+    rewards = [h["charts/reward_mean"] for h in trainer.history]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 40, rewards
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
+    full = toy_trainer(smol_tokenizer, tmp_path / "full", steps=10)
+    full.run(progress=False)
+    first = toy_trainer(smol_tokenizer, tmp_path / "split", steps=5)
+    first.run(progress=False)
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    second = toy_trainer(smol_tokenizer, tmp_path / "split", steps=10, seed=0)
+    second.load_state_dict(state)
+    second.run(progress=False)
+    assert [h["charts/reward_mean"] for h in second.history] == [h["charts/reward_mean"] for h in full.history]
+    assert list(second.leaderboard.records) == list(full.leaderboard.records)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    fresh_tiny_lm(smol_tokenizer).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+def run_train(args, cwd):
+    return subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_train_py_end_to_end_and_resume(tiny_model_dir, tmp_path, data_dir):
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    common = ["--task", "sst2", "--data-dir", str(data_dir), "--policy-model", str(tiny_model_dir),
+              "--task-model", str(tiny_model_dir), "--task-dtype", "fp32", "--prompts-per-step", "4",
+              "--eval-every", "2", "--checkpoint-every", "2", "--skip-test"]
+    full = run_train(common + ["--steps", "4", "--out", str(tmp_path / "full")], repo)
+    assert full.returncode == 0, full.stderr[-2000:]
+    part = run_train(common + ["--steps", "2", "--out", str(tmp_path / "part")], repo)
+    assert part.returncode == 0, part.stderr[-2000:]
+    resumed = run_train(["--resume", str(tmp_path / "part"), "--steps", "4"], repo)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "full" / "prompts.json").read_text())
+    b = json.loads((tmp_path / "part" / "prompts.json").read_text())
+    assert [r["prompt"] for r in a] == [r["prompt"] for r in b]
+    assert list((tmp_path / "full").glob("events.out.tfevents.*"))
+
+    bad = run_train(["--resume", str(tmp_path / "part"), "--task", "mr"], repo)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: cannot resume")
+    assert len(bad.stderr.strip().splitlines()) == 1
