@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
 
@@ -12,12 +14,17 @@ from rlprompt.errors import UserError
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared few-shot data folder ($RLPROMPT_DATA or ../shared/data); skip when there is none."""
+    """The shared few-shot data folder ($RLPROMPT_DATA or ../shared/data).
+
+    Without it the data tests are skipped, except under CI (CI=true), where that is a failure.
+    """
     from rlprompt.tasks import resolve_data_dir
 
     try:
         return resolve_data_dir()
     except UserError as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
         pytest.skip(str(e))
 
 
