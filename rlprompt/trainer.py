@@ -225,7 +225,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['charts/reward_mean']:.1f}",
                                 acc=f"{metrics['charts/train_acc']:.2f}",
-                                dev=f"{self.best_dev:.2f}", H=f"{metrics['losses/entropy']:.2f}")
+                                dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-", H=f"{metrics['losses/entropy']:.2f}")
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
                 if self._signal is not None:
