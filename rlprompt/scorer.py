@@ -209,10 +209,9 @@ class CachedScorer(_BaseScorer):
         """(P, E, V) for a block of prompts on one example chunk, in one forward pass."""
         E = len(sentences)
         conts = [self.encoder.encode_continuation(p, s) for p in prompts for s in sentences]
-        for seq, (p, s) in zip(conts, ((p, s) for p in prompts for s in sentences)):
-            if not seq:
-                raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt "
-                                "to read the label at; end it with text such as ' It was'")
+        if not all(conts):
+            raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt "
+                            "to read the label at; end it with text such as ' It was'")
         limit = self.encoder.max_length
         lengths = prefix.lengths.repeat(len(prompts))  # row r = prompt r // E, example r % E
         if limit and int((lengths + torch.tensor([len(c) for c in conts])).max()) > limit:
