@@ -15,7 +15,7 @@ from pathlib import Path
 from rlprompt.cli import quiet_transformers, run_cli
 from rlprompt.errors import UserError
 
-DEFAULTS = {"task": "sst2", "seed": 13, "task_model": "smollm2-135m", "dtype": "bf16",
+DEFAULTS = {"task": "sst2", "seed": 13, "task_model": "smollm2-135m", "dtype": "auto",
             "data_dir": None, "template": None, "verbalizers": None}
 # evaluate.py flag -> the key train.py writes in the run's config.json
 RUN_KEYS = {"task": "task", "seed": "seed", "task_model": "task_model", "dtype": "task_dtype",
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder of the few-shot data (default $RLPROMPT_DATA or ../shared/data)")
     p.add_argument("--seed", type=int, help="16-shot split: 13, 21, 42, 87 or 100 (default 13)")
     p.add_argument("--task-model", help="task LM: embedded name, local path or HF id (default smollm2-135m)")
-    p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], help="task LM precision (default bf16)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"],
+                   help="task LM precision (default auto: bf16 where the hardware runs it fast, else fp32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto: CUDA if available)")
     p.add_argument("--splits", default="dev,test", help="comma-separated splits to score (default dev,test)")
     p.add_argument("--limit", type=int, help="score only the first N examples of each split, for quick checks "
@@ -172,12 +173,13 @@ def evaluate(argv=None) -> int:
 
     quiet_transformers()
     from rlprompt.evaluation import evaluate_prompts
-    from rlprompt.models import load_lm
+    from rlprompt.models import dtype_name, load_lm
     from rlprompt.scorer import build_scorer
 
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)
     scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
-    device = str(next(model.parameters()).device)
+    param = next(model.parameters())
+    device, args.dtype = str(param.device), dtype_name(param.dtype)
     print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {args.dtype} on {device} | "
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 

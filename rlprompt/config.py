@@ -20,7 +20,8 @@ class TrainConfig:
     seed: int = _f(13, "16-shot split (13, 21, 42, 87, 100) and the random seed of the run")
     policy_model: str = _f("smollm2-135m", "policy LM: embedded name, local path or HF id")
     task_model: str = _f("smollm2-135m", "task LM that scores prompts: embedded name, local path or HF id")
-    task_dtype: str = _f("bf16", "task LM precision for scoring: bf16 (fast on CPUs with AVX512-BF16/AMX and GPUs) or fp32")
+    task_dtype: str = _f("auto", "task LM precision for scoring: auto (bf16 on GPUs and CPUs with "
+                         "AVX512-BF16/AMX, else fp32), bf16, fp16 or fp32")
     template: str | None = _f(None, "task template with {sentence} and {prompt} (default: the preset's)")
     verbalizers: str | None = _f(None, 'comma-separated, one token each, e.g. " terrible"," great"')
     prompt_length: int = _f(5, "tokens per prompt")

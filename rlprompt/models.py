@@ -45,15 +45,37 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'fp32' / 'bf16' / 'fp16' (or a torch dtype) -> torch dtype."""
+def fast_bf16(device: torch.device) -> bool:
+    """True where bf16 matmuls run in hardware: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere (e.g. an AVX2-only CPU) torch emulates bf16 and it is far slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """'auto' / 'fp32' / 'bf16' / 'fp16' (or a torch dtype) -> torch dtype.
+
+    'auto' is bf16 where `device` runs it fast (see `fast_bf16`), else fp32.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if fast_bf16(device or pick_device()) else torch.float32
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if dtype not in table:
-        raise UserError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+        raise UserError(f"unknown dtype {dtype!r}; use one of auto, fp32, bf16, fp16")
     return table[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bf16' (the names the CLI takes)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 def _embedded_gguf(name: str) -> Path:
@@ -124,6 +146,8 @@ def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
             dtype: str | torch.dtype = "fp32", allow_download: bool = False):
     """Return (model, tokenizer) for an embedded name, a local path or a HF hub id; frozen, eval mode.
 
+    `dtype` is fp32, bf16, fp16 or auto (bf16 where the device runs it fast, else fp32).
+
     Offline unless `allow_download`. Causal LMs load with AutoModelForCausalLM, encoder-only masked
     LMs with AutoModelForMaskedLM.
     """
@@ -134,7 +158,7 @@ def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
         masked = is_masked_lm(path, allow_download)
         cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = cls.from_pretrained(path, dtype=parse_dtype(dtype), local_files_only=local_only)
+        model = cls.from_pretrained(path, dtype=parse_dtype(dtype, device), local_files_only=local_only)
     except OSError as e:
         hint = "" if allow_download else " (offline: pass --allow-download to fetch from the hub)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

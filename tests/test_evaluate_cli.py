@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import evaluate
 
@@ -23,7 +24,10 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["task"] == "sst2" and data["splits"] == {"dev": 20, "test": 20}
-    assert data["dtype"] == "bf16" and data["verbalizers"] == [" terrible", " great"]
+    from rlprompt.models import dtype_name, parse_dtype
+
+    assert data["dtype"] == dtype_name(parse_dtype("auto", torch.device("cpu")))
+    assert data["verbalizers"] == [" terrible", " great"]
     rows = {r["source"]: r for r in data["results"]}
     assert rows["no prompt"]["prompt"] == ""
     assert rows["manual prompt"]["prompt"] == "Overall, what did the reviewer think of the movie?"
