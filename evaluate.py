@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.tasks import spec_from_flags
 
@@ -24,15 +24,10 @@ MODEL_DEFAULTS = {"task_model": "smollm2-135m", "dtype": "auto"}
 TASK_FLAGS = ("task", "task_file", "train")  # any of these: score on that task instead of the run's
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error of the CLI
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from rlprompt.config import TaskArgs, add_arguments
 
-    p = _Parser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt to score (repeat the flag for more)")
@@ -245,6 +240,7 @@ def evaluate(argv=None) -> int:
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 
     texts = [p for _, p in prompts]
+    scorer.check_fits(texts, [e.text for s in splits for e in data[s]])
     rows = [{"source": source, "prompt": p} for source, p in prompts]
     for s in splits:
         for row, res in zip(rows, evaluate_prompts(scorer, texts, data[s], desc=s)):

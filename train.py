@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rlprompt.checkpoint import atomic_write_text, load_checkpoint
-from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.config import TrainConfig, add_arguments
 from rlprompt.errors import UserError
 
@@ -33,13 +33,12 @@ TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and eva
 def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
     """Flags -> (config, checkpoint state or None). With --resume the run's saved config is used;
     flags given explicitly may change the budget or device but not the run's identity."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
     if not args["resume"]:
         return TrainConfig(**args), None
-    explicit_parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    explicit_parser = OneLineArgumentParser(argument_default=argparse.SUPPRESS)
     add_arguments(explicit_parser)
     for action in explicit_parser._actions:
         action.default = argparse.SUPPRESS

@@ -100,6 +100,15 @@ class _BaseScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_fits(self, prompts: list[str], sentences: list[str]) -> None:
+        """Raise a UserError, before any scoring, for a prompt that with the longest input does not
+        fit the task model's context."""
+        if not self.encoder.max_length or not sentences:
+            return
+        longest = max(sentences, key=lambda s: len(self.encoder.encode_prefix(s)) + len(s))
+        for prompt in dict.fromkeys(prompts):
+            self.encoder.encode_pair(prompt, longest)
+
     def _verbalizer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, vocab) logits -> (N, V) full-vocabulary log-probs of the verbalizer tokens, fp32."""
         logp = torch.log_softmax(logits.float(), dim=-1)
