@@ -91,11 +91,11 @@ def build(cfg: TrainConfig, task):
     from envs import PromptClassificationEnv
     from rlprompt.models import load_lm, pick_device
     from rlprompt.policy import PromptPolicy
-    from rlprompt.scorer import CachedScorer
+    from rlprompt.scorer import build_scorer
 
     device = pick_device(cfg.device)
     task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
-    scorer = CachedScorer(task_model, task_tok, task.template, task.verbalizers)
+    scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
     policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
     policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
                           cfg.no_repeat, cfg.policy_start)
