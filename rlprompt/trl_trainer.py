@@ -95,7 +95,6 @@ class GroupReward:
         rows = gather_object([list(map(int, ids)) for ids in completion_ids])
         self.trainer.leaderboard.add(all_texts, all_rewards, all_accs, self.trainer.step)
         finite = all_rewards[np.isfinite(all_rewards)]
-        self.trainer.skipped_steps += int(len(finite) < len(all_rewards))
         self.metrics = {
             "charts/reward_mean": float(finite.mean()) if len(finite) else float("nan"),
             "charts/reward_max": float(finite.max()) if len(finite) else float("nan"),
@@ -105,7 +104,7 @@ class GroupReward:
             "charts/distinct_prompts": len(set(all_texts)) / len(all_texts),
             "charts/repeated_token_rate": repeated_token_rate(torch.tensor(rows)),
             "charts/prompts_seen": len(self.trainer.leaderboard.records),
-            "charts/skipped_steps": self.trainer.skipped_steps,
+            "charts/nonfinite_rewards": len(all_rewards) - len(finite),  # trl gives these zero advantage
             "time/score_s": score_s,
         }
         return [float(r) for r in rewards]
@@ -230,7 +229,7 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
             learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
             max_grad_norm=cfg.max_grad_norm / loss_scale,
             use_cpu=self.policy.device.type == "cpu", bf16=False, fp16=False, activation_checkpointing=False,
-            use_vllm=False, shuffle_dataset=False, dataloader_num_workers=0,
+            use_vllm=False, disable_dropout=True, shuffle_dataset=False, dataloader_num_workers=0,
             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
         )
 
