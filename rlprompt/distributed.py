@@ -45,7 +45,7 @@ def process_device(device: str) -> torch.device:
     means this process's own accelerator (cuda:<local rank>) rather than every process on cuda:0."""
     from rlprompt.models import pick_device
 
-    state = process_state()
+    state = process_state(device)
     if state.num_processes > 1 and device in (None, "", "auto"):
         return state.device
     return pick_device(device)
