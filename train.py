@@ -134,7 +134,7 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
 
 
 def trainer_class(cfg: TrainConfig):
-    """The training loop of --trainer: the REINFORCE Trainer (data-parallel under accelerate) or trl's GRPO."""
+    """The loop of --trainer: the REINFORCE Trainer (data-parallel under accelerate), or trl's GRPO."""
     from rlprompt.distributed import DataParallelTrainer, world_size
     from rlprompt.trainer import Trainer
 

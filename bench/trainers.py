@@ -33,10 +33,16 @@ from rlprompt.models import dtype_name, parse_dtype  # noqa: E402
 
 
 def run_trainer(name: str, args) -> dict:
+    """Train with trainer `name` on the budget (run folder in a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as run_dir:
+        return train_and_test(name, args, run_dir)
+
+
+def train_and_test(name: str, args, run_dir: str) -> dict:
     """Train with trainer `name` on the budget; score its best prompt on test."""
     cfg = TrainConfig(task=args.task, seed=args.seed, task_dtype=args.task_dtype, device=args.device,
                       trainer=name, prompts_per_step=args.prompts_per_step, eval_every=args.eval_every,
-                      patience=0, checkpoint_every=10**6, out=tempfile.mkdtemp(prefix=f"bench-{name}-"))
+                      patience=0, checkpoint_every=10**6, out=run_dir)
     train.seed_everything(cfg.seed)
     task, scorer, policy, train_env, dev_env = train.build(cfg)
     cfg = dataclasses.replace(cfg, steps=max(1, args.pairs // (args.prompts_per_step * len(task.train))))
@@ -59,7 +65,7 @@ def run_trainer(name: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=4096, help="training (prompt, example) pairs per trainer")
+    parser.add_argument("--pairs", type=int, default=4096, help="training (prompt, example) pairs, each")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--task-dtype", default="auto")
@@ -74,8 +80,9 @@ def main() -> None:
     device = process_device(args.device)
     print(json.dumps({
         "bench": "trainers", "task": args.task, "seed": args.seed, "pair_budget": args.pairs,
-        "prompts_per_step": args.prompts_per_step, "task_dtype": dtype_name(parse_dtype(args.task_dtype, device)),
-        "results": results, "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.machine(),
+        "prompts_per_step": args.prompts_per_step,
+        "task_dtype": dtype_name(parse_dtype(args.task_dtype, device)), "results": results,
+        "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.machine(),
     }))
 
 

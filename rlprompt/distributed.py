@@ -63,7 +63,7 @@ def same_on_all_processes(value):
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of shard `rank` when n items are cut into `world` contiguous shards of near-equal size."""
+    """[start, stop) of shard `rank` of n items cut into `world` contiguous shards of near-equal size."""
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)

@@ -125,7 +125,7 @@ def _grpo_trainer_class():
                 self.ref_model = BaseModelReference(policy)
 
         def _generate_single_turn(self, *args, **kwargs):
-            # trl calls model.generate(**inputs, generation_config=...); bind the mask processor for that call.
+            # trl calls model.generate(**inputs, generation_config=...): bind the mask processor to it.
             model = self.policy.model
             model.generate = functools.partial(type(model).generate, model, logits_processor=self.policy_mask)
             try:
@@ -186,7 +186,7 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
         if cfg.init_prompt:
             raise UserError("--init-prompt works with --trainer reinforce only (trl samples without a bias)")
         if cfg.reward_scale <= 0:
-            raise UserError(f"--reward-scale must be positive with --trainer trl-grpo, got {cfg.reward_scale}")
+            raise UserError(f"--reward-scale must be positive with --trainer trl-grpo: {cfg.reward_scale}")
         from envs import PromptClassificationEnv
 
         # Each process scores only its own completions; trl gathers the rewards before normalizing them.

@@ -52,7 +52,8 @@ def make_env(scorer, tok, examples, length=3):
 def reinforce_experiment(run_dir: Path) -> dict:
     """Sharded scoring of fixed prompts, then 3 REINFORCE steps with sharded scoring."""
     tok = tokenizer()
-    scorer = CachedScorer(fresh_tiny_lm(tok, seed=0), tok, "{sentence} {prompt} It was", [" terrible", " great"])
+    verbalizers = [" terrible", " great"]
+    scorer = CachedScorer(fresh_tiny_lm(tok, seed=0), tok, "{sentence} {prompt} It was", verbalizers)
     sharded = ShardedScorer(scorer)
     env = make_env(sharded, tok, EXAMPLES)
     fixed_rewards, fixed_accs = env.score_texts(PROMPTS)
@@ -76,8 +77,8 @@ def trl_experiment(run_dir: Path) -> dict:
     from rlprompt.trl_trainer import GRPOPromptTrainer
 
     tok = tokenizer()
-    cfg = TrainConfig(steps=2, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0, checkpoint_every=2,
-                      adaptor_hidden=64, seed=0, prompts_per_step=4, trainer="trl-grpo")
+    cfg = TrainConfig(steps=2, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0,
+                      checkpoint_every=2, adaptor_hidden=64, seed=0, prompts_per_step=4, trainer="trl-grpo")
     train.seed_everything(cfg.seed)
     policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
     env = make_env(ShardedScorer(ParityTaskLM(tok)), tok, TOY_EXAMPLES)
@@ -87,7 +88,7 @@ def trl_experiment(run_dir: Path) -> dict:
         "world": world_size(), "status": status,
         "train_rewards": [h["charts/reward_mean"] for h in trainer.history],
         "prompts_per_process": gather_object([list(trainer.leaderboard.records)]),
-        "adaptor_sums": gather_object([sum(float(p.detach().double().sum()) for p in policy.adaptor.parameters())]),
+        "adaptor_sums": gather_object([sum(float(p.detach().sum()) for p in policy.adaptor.parameters())]),
     }
 
 

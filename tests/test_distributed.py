@@ -45,7 +45,8 @@ def two_processes(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("two-processes") / "results.json"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "tests/distributed_worker.py", "reinforce,trl-grpo", str(out)]
+           "--main_process_port", str(free_port()),
+           "tests/distributed_worker.py", "reinforce,trl-grpo", str(out)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

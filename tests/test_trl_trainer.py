@@ -29,7 +29,8 @@ def toy_grpo(tokenizer, run_dir, steps, seed=0, **overrides) -> GRPOPromptTraine
     policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
                           cfg.adaptor_hidden)
     decode = lambda ids: tokenizer.decode(ids).strip()  # noqa: E731
-    env = PromptClassificationEnv(ParityTaskLM(tokenizer), TOY_EXAMPLES, decode, len(tokenizer), cfg.prompt_length)
+    env = PromptClassificationEnv(ParityTaskLM(tokenizer), TOY_EXAMPLES, decode, len(tokenizer),
+                                  cfg.prompt_length)
     return GRPOPromptTrainer(cfg, policy, env, env, run_dir)
 
 
@@ -125,7 +126,8 @@ def test_trl_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     second = toy_grpo(smol_tokenizer, tmp_path / "split", steps=4, checkpoint_every=2, eval_every=2)
     second.load_state_dict(state)
     second.run(progress=False)
-    assert [h["charts/reward_mean"] for h in second.history] == [h["charts/reward_mean"] for h in full.history]
+    rewards = lambda trainer: [h["charts/reward_mean"] for h in trainer.history]  # noqa: E731
+    assert rewards(second) == rewards(full)
     assert list(second.leaderboard.records) == list(full.leaderboard.records)
 
 
@@ -160,4 +162,5 @@ def test_train_py_trl_grpo_end_to_end(tiny_model_dir, tmp_path, data_dir):
 
     bad = subprocess.run([sys.executable, "train.py", "--trainer", "ppo"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown --trainer 'ppo'; use reinforce or trl-grpo"
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: unknown --trainer 'ppo'; use reinforce or trl-grpo"
