@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import sys
 import time
@@ -26,7 +27,7 @@ from rlprompt.errors import UserError
 RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
                 "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
                 "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
-                "policy_start", "init_prompt")
+                "policy_start", "init_prompt", "trainer")
 TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
 
 
@@ -57,10 +58,13 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
 
 def make_run_dir(cfg: TrainConfig, task_name: str) -> Path:
     """The run folder (created); a UserError when it cannot be written."""
-    run_dir = Path(cfg.out or f"runs/{task_name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+    from rlprompt.distributed import same_on_all_processes
+
+    default = f"runs/{task_name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(same_on_all_processes(cfg.out or default))  # rank 0's clock under accelerate launch
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -89,13 +93,16 @@ def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
 def build(cfg: TrainConfig, task):
     """Task-LM scorer, policy and the train/dev environments of a config and its task."""
     from envs import PromptClassificationEnv
-    from rlprompt.models import load_lm, pick_device
+    from rlprompt.distributed import ShardedScorer, process_device, world_size
+    from rlprompt.models import load_lm
     from rlprompt.policy import PromptPolicy
     from rlprompt.scorer import build_scorer
 
-    device = pick_device(cfg.device)
+    device = process_device(cfg.device)
     task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
     scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
+    if world_size() > 1:  # under `accelerate launch`: each process scores its share of the examples
+        scorer = ShardedScorer(scorer)
     policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
     policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
                           cfg.no_repeat, cfg.policy_start)
@@ -109,6 +116,7 @@ def build(cfg: TrainConfig, task):
 def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
     """Score the best prompts (and the baselines) on test; write prompts.json, summary.json,
     history.json, the curves PNG and report.md."""
+    from rlprompt.distributed import is_main_process
     from rlprompt.evaluation import evaluate_prompts
     from rlprompt.models import dtype_name
     from rlprompt.report import write_run_report
@@ -118,12 +126,14 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
     test = {}
     if not cfg.skip_test and task.test:
         texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
-        test = {row["prompt"]: row["accuracy"] for row in evaluate_prompts(scorer, texts, task.test)}
+        rows = evaluate_prompts(scorer, texts, task.test, progress=is_main_process())
+        test = {row["prompt"]: row["accuracy"] for row in rows}
         for r in best[:3]:
             r.test_acc = test[r.prompt]
     dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))
     rows = [dataclasses.asdict(r) for r in best]
-    atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
+    if is_main_process():
+        atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
@@ -136,10 +146,23 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
                       for n, p in baselines.items()],
         "config": dataclasses.asdict(cfg),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
-    write_run_report(run_dir, summary, rows, trainer.history)
+    if is_main_process():
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
+        write_run_report(run_dir, summary, rows, trainer.history)
     return summary
+
+
+def trainer_class(cfg: TrainConfig):
+    """The loop of --trainer: the REINFORCE Trainer (data-parallel under accelerate), or trl's GRPO."""
+    from rlprompt.distributed import DataParallelTrainer, world_size
+    from rlprompt.trainer import Trainer
+
+    if cfg.trainer == "trl-grpo":
+        from rlprompt.trl_trainer import GRPOPromptTrainer
+
+        return GRPOPromptTrainer
+    return DataParallelTrainer if world_size() > 1 else Trainer
 
 
 def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
@@ -158,41 +181,50 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from rlprompt.distributed import is_main_process, process_state
+
     cfg, state = parse_args(argv)
     quiet_transformers()
+    process_state(cfg.device)  # under `accelerate launch`: join the other processes
     spec, task = load_run_task(cfg, Path(cfg.resume) if cfg.resume else None)
-    for note in task.notes:
+    main_process = is_main_process()  # under `accelerate launch`, only rank 0 logs, prints and writes
+    for note in task.notes if main_process else []:
         print(f"note: {note}")
     run_dir = make_run_dir(cfg, task.name)
-    if cfg.save_task:
+    if cfg.save_task and main_process:
         cfg.task_spec().to_file(cfg.save_task)
         print(f"task saved to {cfg.save_task} (reuse it with --task-file {cfg.save_task})")
     seed_everything(cfg.seed)
     scorer, policy, train_env, dev_env = build(cfg, task)
-    atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
-    spec.to_file(run_dir / TASK_FILE)
+    if main_process:
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        spec.to_file(run_dir / TASK_FILE)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from rlprompt.trainer import Trainer
-
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
-    trainer = Trainer(cfg, policy, train_env, dev_env, run_dir, writer)
+    writer = SummaryWriter(str(run_dir)) if main_process else None
+    if writer is not None:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
+    trainer = trainer_class(cfg)(cfg, policy, train_env, dev_env, run_dir, writer)
     if state is not None:
         trainer.load_state_dict(state)
-        print(f"resumed {run_dir} at step {trainer.step}")
+        if main_process:
+            print(f"resumed {run_dir} at step {trainer.step}")
     start = time.time()
-    status = trainer.run(progress=True)
-    writer.flush()
+    status = trainer.run(progress=main_process)
+    if writer is not None:
+        writer.flush()
     if status == "interrupted":
-        print(f"interrupted at step {trainer.step}; checkpoint saved. Resume with: "
-              f"python train.py --resume {run_dir}", file=sys.stderr)
+        if main_process:
+            print(f"interrupted at step {trainer.step}; checkpoint saved. Resume with: "
+                  f"python train.py --resume {run_dir}", file=sys.stderr)
         return 130
-    summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)
-    writer.close()
-    print_summary(summary, json.loads((run_dir / "prompts.json").read_text()), run_dir)
+    summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)  # every process: collective
+    if writer is not None:
+        writer.close()
+    if main_process:
+        print_summary(summary, json.loads((run_dir / "prompts.json").read_text()), run_dir)
     return 0
 
 

@@ -14,6 +14,9 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+TRAINERS = ("reinforce", "trl-grpo")
+
+
 @dataclass
 class TaskArgs:
     """Which task: a preset, a task file, or the user's own data files, with any field overridden."""
@@ -71,6 +74,8 @@ class TrainConfig(TaskArgs):
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
     policy_start: str | None = _f(None, "text the policy starts writing after (default <|endoftext|>)")
+    trainer: str = _f("reinforce", "reinforce (the built-in loop) or trl-grpo (trl's GRPOTrainer on the same "
+                      "policy, reward and masks)")
     device: str = _f("auto", "cpu, cuda, cuda:1 … (auto: CUDA when available)")
     out: str | None = _f(None, "run folder (default runs/<task>__<seed>__<time>)")
     checkpoint_every: int = _f(20, "write the checkpoint every N steps")
@@ -89,6 +94,8 @@ class TrainConfig(TaskArgs):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.eval_every < 1 or self.checkpoint_every < 1:
             raise UserError("--eval-every and --checkpoint-every must be at least 1")
+        if self.trainer not in TRAINERS:
+            raise UserError(f"unknown --trainer {self.trainer!r}; use {' or '.join(TRAINERS)}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:

@@ -1,0 +1,102 @@
+"""Worker for tests/test_distributed.py, also run in-process there as the one-process reference.
+
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/distributed_worker.py \
+        reinforce,trl-grpo OUT.json
+
+reinforce: scores fixed prompts through a ShardedScorer on a tiny random Llama, then trains the REINFORCE
+policy for a few data-parallel steps with that scorer. trl-grpo: a few trl GRPO steps on the toy parity
+task. Rank 0 writes what it saw (rewards, prompts, each process's scored pair count) as JSON, by experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from accelerate.utils import gather_object  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+import train  # noqa: E402
+from envs import PromptClassificationEnv  # noqa: E402
+from rlprompt.config import TrainConfig  # noqa: E402
+from rlprompt.distributed import DataParallelTrainer, ShardedScorer, is_main_process, world_size  # noqa: E402
+from rlprompt.models import resolve_model_path  # noqa: E402
+from rlprompt.policy import PromptPolicy  # noqa: E402
+from rlprompt.scorer import CachedScorer  # noqa: E402
+from rlprompt.tasks import Example  # noqa: E402
+from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm  # noqa: E402
+
+# Seven examples of different lengths: two processes get 4 and 3, with different padding.
+EXAMPLES = [Example(text, i % 2) for i, text in enumerate([
+    "a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés",
+    "fun", "an utterly charming and hilarious film that reminded me why i love going to the movies",
+    "it 's a bad sign when you 're rooting for the film to end .", "not bad", "a masterpiece ."])]
+PROMPTS = ["", "Rating:", "The critic's verdict was", "terrible great"]
+
+
+def tokenizer():
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_env(scorer, tok, examples, length=3):
+    decode = lambda ids: tok.decode(ids).strip()  # noqa: E731
+    return PromptClassificationEnv(scorer, examples, decode, len(tok), length)
+
+
+def reinforce_experiment(run_dir: Path) -> dict:
+    """Sharded scoring of fixed prompts, then 3 REINFORCE steps with sharded scoring."""
+    tok = tokenizer()
+    verbalizers = [" terrible", " great"]
+    scorer = CachedScorer(fresh_tiny_lm(tok, seed=0), tok, "{sentence} {prompt} It was", verbalizers)
+    sharded = ShardedScorer(scorer)
+    env = make_env(sharded, tok, EXAMPLES)
+    fixed_rewards, fixed_accs = env.score_texts(PROMPTS)
+    cfg = TrainConfig(steps=3, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0,
+                      checkpoint_every=3, adaptor_hidden=64, seed=0, prompts_per_step=4)
+    train.seed_everything(cfg.seed)
+    policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
+    trainer = DataParallelTrainer(cfg, policy, env, env, run_dir)
+    trainer.run(progress=False)
+    return {
+        "world": world_size(),
+        "fixed_rewards": [float(r) for r in fixed_rewards], "fixed_accs": [float(a) for a in fixed_accs],
+        "train_rewards": [h["charts/reward_mean"] for h in trainer.history],
+        "prompts": list(trainer.leaderboard.records),
+        "pairs_per_process": gather_object([scorer.pairs_scored]),
+    }
+
+
+def trl_experiment(run_dir: Path) -> dict:
+    """2 trl GRPO steps on the toy parity task (each process generates and scores half the group)."""
+    from rlprompt.trl_trainer import GRPOPromptTrainer
+
+    tok = tokenizer()
+    cfg = TrainConfig(steps=2, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0,
+                      checkpoint_every=2, adaptor_hidden=64, seed=0, prompts_per_step=4, trainer="trl-grpo")
+    train.seed_everything(cfg.seed)
+    policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
+    env = make_env(ShardedScorer(ParityTaskLM(tok)), tok, TOY_EXAMPLES)
+    trainer = GRPOPromptTrainer(cfg, policy, env, env, run_dir)
+    status = trainer.run(progress=False)
+    return {
+        "world": world_size(), "status": status,
+        "train_rewards": [h["charts/reward_mean"] for h in trainer.history],
+        "prompts_per_process": gather_object([list(trainer.leaderboard.records)]),
+        "adaptor_sums": gather_object([sum(float(p.detach().sum()) for p in policy.adaptor.parameters())]),
+    }
+
+
+EXPERIMENTS = {"reinforce": reinforce_experiment, "trl-grpo": trl_experiment}
+
+
+if __name__ == "__main__":
+    kinds, out = sys.argv[1].split(","), Path(sys.argv[2])
+    results = {kind: EXPERIMENTS[kind](out.parent / f"run-{kind}") for kind in kinds}
+    if is_main_process():
+        out.write_text(json.dumps(results))
