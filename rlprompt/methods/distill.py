@@ -1,0 +1,192 @@
+"""Context distillation into soft tokens ("soft prompt learning as context compression").
+
+The teacher is the frozen task LM with a long, detailed instruction in the template's {prompt}
+slot. The student is the same frozen LM with k learnable input embeddings in that slot instead:
+"{sentence} [k soft tokens] It was". The soft tokens are trained on unlabeled inputs (the train
+sentences; their labels are never read) to minimize KL(teacher ‖ student) over the verbalizer
+distribution. They start as the embeddings of the instruction's first k tokens.
+
+Reported: the compression ratio (instruction tokens / k), agreement with the teacher (share of
+examples with the same argmax label) and mean KL, on dev and test, plus the student's accuracy.
+Budget: teacher pairs scored (train and dev, through the shared scorer), one pair per training
+example (forward + backward), |dev| pairs per dev evaluation; test scoring is outside the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlprompt.errors import UserError
+from rlprompt.evaluation import accuracy, score_examples
+from rlprompt.methods import MethodContext, MethodResult, register
+from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, label_logprobs,
+                                          model_device, options_into, seeded, teacher_instruction)
+from rlprompt.methods.soft_prompt import init_token_ids
+from rlprompt.rewards import verbalizer_kl
+from rlprompt.scorer import PromptEncoder
+from rlprompt.tasks import verbalizer_token_ids
+
+
+@dataclass
+class DistillConfig:
+    """Settings of distill-soft (ctx.options keys of the same names)."""
+
+    k: int = 5  # learnable pseudo tokens replacing the instruction
+    init_text: str | None = None  # the soft tokens start as this text's first k tokens; None: the instruction's
+    lr: float = 3e-3  # Adam learning rate of the soft tokens
+    batch_size: int = 8  # unlabeled training sentences per step
+    eval_every: int = 4  # steps between dev evaluations
+    eval_batch_size: int = 32
+    test: bool = True  # measure agreement and accuracy on the test set (outside the budget)
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise UserError(f"k must be at least 1, got {self.k}")
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if self.batch_size < 1 or self.eval_every < 1 or self.eval_batch_size < 1:
+            raise UserError("batch_size, eval_every and eval_batch_size must be at least 1")
+
+
+class SlotSoftPrompt(nn.Module):
+    """k trainable embeddings in the template's {prompt} slot of a frozen causal LM.
+
+    `logprobs(sentences)` gives (B, V) full-vocabulary log-probs of the verbalizer tokens, the same
+    quantity the scorers give for a discrete prompt in that slot: with the embeddings of a text's
+    tokens it reproduces the scorer's numbers for that text.
+    """
+
+    def __init__(self, model, tokenizer, template: str, verbalizers: list[str], init_ids: list[int]):
+        super().__init__()
+        self.lm = [model]  # a list keeps the frozen LM out of this module's parameters
+        self.encoder = PromptEncoder(tokenizer, template, getattr(model.config, "max_position_embeddings", None))
+        self.verbalizer_ids = torch.tensor(verbalizer_token_ids(tokenizer, verbalizers))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor(init_ids, device=model_device(model))
+        self.embeds = nn.Parameter(model.get_input_embeddings()(ids).detach().float().clone())  # (k, d)
+
+    @property
+    def k(self) -> int:
+        return self.embeds.shape[0]
+
+    def logprobs(self, sentences: list[str]) -> torch.Tensor:
+        """(B, V) verbalizer log-probs with the soft tokens in the {prompt} slot."""
+        model = self.lm[0]
+        embed = model.get_input_embeddings()
+        device = model_device(model)
+        soft = self.embeds.to(embed.weight.dtype)
+        rows = []
+        for s in sentences:
+            prefix = self.encoder.encode_prefix(s)
+            cont = self.encoder.encode_continuation("", s)
+            if not cont:
+                raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt to "
+                                "read the label at; end it with text such as ' It was'")
+            rows.append(torch.cat([embed(torch.tensor(prefix, dtype=torch.long, device=device)), soft,
+                                   embed(torch.tensor(cont, device=device))]))
+        width = max(len(r) for r in rows)
+        inputs = soft.new_zeros(len(rows), width, soft.shape[1])
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):  # right padding: every real token sees the same as unpadded
+            inputs[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        last = torch.tensor([len(r) - 1 for r in rows])
+        return label_logprobs(model, self.verbalizer_ids, last, inputs_embeds=inputs, attention_mask=mask)
+
+
+def agreement(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> float:
+    """Share of examples where the student's argmax label equals the teacher's."""
+    return float((teacher_logprobs.argmax(-1) == student_logprobs.argmax(-1)).float().mean())
+
+
+@register("distill-soft")
+def run(ctx: MethodContext) -> MethodResult:
+    """Distill a long instruction into k soft tokens on the unlabeled train sentences."""
+    method = "distill-soft"
+    cfg = options_into(DistillConfig(), ctx.options, method)
+    task, tokenizer = ctx.task, ctx.task_tokenizer
+    if not task.train or not task.dev:
+        raise UserError(f"{method} needs train and dev examples")
+    instruction = teacher_instruction(task, ctx.options)
+    teacher_ids = tokenizer(" " + instruction.strip(), add_special_tokens=False).input_ids
+    ledger = PairLedger(ctx.pair_budget)
+    scorer = BudgetedScorer(ctx.scorer, ledger)
+    n_train, n_dev = len(task.train), len(task.dev)
+    if ledger.budget < n_train + 2 * n_dev:
+        raise UserError(f"pair budget {ledger.budget} is too small for {method}: the teacher on train "
+                        f"and dev and one dev evaluation cost {n_train + 2 * n_dev} pairs")
+    start = time.perf_counter()
+    train_text = [e.text for e in task.train]
+    dev_text, dev_labels = [e.text for e in task.dev], [e.label for e in task.dev]
+    teacher_train = score_examples(scorer, [instruction], task.train, progress=False)[0]  # (E, V)
+    teacher_dev = score_examples(scorer, [instruction], task.dev, progress=False)[0]
+    init_text = " " + (cfg.init_text or instruction).strip()
+    with seeded(ctx.seed):
+        student = SlotSoftPrompt(ctx.task_model, tokenizer, task.template, task.verbalizers,
+                                 init_token_ids(tokenizer, init_text, cfg.k))
+        optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        batches = torch.Generator().manual_seed(ctx.seed)
+        curve, kl_curve, losses, queue, evals = [], [], [], [], []
+        best = {}
+
+        def evaluate_dev(step: int) -> None:
+            ledger.charge(n_dev)
+            lp = batched_logprobs(student.logprobs, dev_text, cfg.eval_batch_size)
+            row = {"step": step, "kl": float(verbalizer_kl(teacher_dev, lp).mean()),
+                   "agreement": agreement(teacher_dev, lp),
+                   "acc": float(accuracy(lp[None], dev_labels)[0])}
+            evals.append(row)
+            if not best or row["kl"] < best["kl"]:
+                best.update(row, embeds=student.embeds.detach().clone())
+            curve.append((ledger.used, best["acc"]))
+            kl_curve.append((ledger.used, row["kl"]))
+
+        evaluate_dev(0)
+        step = last_eval = 0
+        while ledger.fits(cfg.batch_size + n_dev):  # always keep room for the final dev evaluation
+            if len(queue) < cfg.batch_size:
+                queue += torch.randperm(n_train, generator=batches).tolist()
+            idx, queue = queue[:cfg.batch_size], queue[cfg.batch_size:]
+            ledger.charge(len(idx))
+            student_lp = student.logprobs([train_text[i] for i in idx])
+            loss = verbalizer_kl(teacher_train[idx].to(student_lp.device), student_lp).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step % cfg.eval_every == 0:
+                evaluate_dev(step)
+                last_eval = step
+        if last_eval != step:
+            evaluate_dev(step)
+        with torch.no_grad():
+            student.embeds.copy_(best["embeds"])
+        test, test_acc = {}, None
+        if cfg.test and task.test:
+            test_labels = [e.label for e in task.test]
+            teacher_test = score_examples(ctx.scorer, [instruction], task.test, progress=False)[0]
+            student_test = batched_logprobs(student.logprobs, [e.text for e in task.test], cfg.eval_batch_size)
+            test = {"test_kl": float(verbalizer_kl(teacher_test, student_test).mean()),
+                    "test_agreement": agreement(teacher_test, student_test),
+                    "teacher_test_acc": float(accuracy(teacher_test[None], test_labels)[0]),
+                    "test_pairs_outside_budget": 2 * len(task.test)}
+            test_acc = float(accuracy(student_test[None], test_labels)[0])
+    init = evals[0]
+    return MethodResult(
+        method=method, prompt=None, prompt_tokens=cfg.k, dev_acc=best["acc"],
+        test_acc=test_acc, pairs_scored=ledger.used, wall_s=time.perf_counter() - start,
+        curve=curve,
+        extra={"teacher_instruction": instruction, "teacher_tokens": len(teacher_ids),
+               "compression_ratio": len(teacher_ids) / cfg.k, "placement": "soft tokens in the {prompt} slot",
+               "init_text": init_text.strip(), "dev_kl": best["kl"], "dev_agreement": best["agreement"],
+               "init_dev_kl": init["kl"], "init_dev_agreement": init["agreement"],
+               "teacher_dev_acc": float(accuracy(teacher_dev[None], dev_labels)[0]),
+               **test, "steps": step, "best_step": best["step"],
+               "train_kl_first": losses[0] if losses else None, "train_kl_last": losses[-1] if losses else None,
+               "dev_kl_curve": kl_curve},
+    )
