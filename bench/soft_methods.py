@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_transformers()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     from rlprompt.methods import MethodContext, get_method
     from rlprompt.methods import distill, rl_compress, soft_prompt  # noqa: F401  (register the methods)

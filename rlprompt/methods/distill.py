@@ -14,6 +14,8 @@ example (forward + backward), |dev| pairs per dev evaluation; test scoring is ou
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
 from dataclasses import dataclass
 
@@ -23,12 +25,14 @@ from torch import nn
 from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
-from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, label_logprobs,
-                                          model_device, options_into, seeded, teacher_instruction)
+from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, model_device,
+                                          options_into, seeded, teacher_instruction)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
-from rlprompt.scorer import PromptEncoder
+from rlprompt.scorer import PromptEncoder, lm_logits
 from rlprompt.tasks import verbalizer_token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,9 +41,9 @@ class DistillConfig:
 
     k: int = 5  # learnable pseudo tokens replacing the instruction
     init_text: str | None = None  # the soft tokens start as this text's first k tokens; None: the instruction's
-    lr: float = 3e-3  # Adam learning rate of the soft tokens
+    lr: float = 1e-2  # Adam learning rate of the soft tokens
     batch_size: int = 8  # unlabeled training sentences per step
-    eval_every: int = 4  # steps between dev evaluations
+    eval_every: int = 10  # steps between dev evaluations (each costs |dev| pairs)
     eval_batch_size: int = 32
     test: bool = True  # measure agreement and accuracy on the test set (outside the budget)
 
@@ -52,12 +56,25 @@ class DistillConfig:
             raise UserError("batch_size, eval_every and eval_batch_size must be at least 1")
 
 
+@dataclass
+class _Prefixes:
+    """Keys and values of the template before the slot (the sentence) for a list of sentences."""
+
+    cache: object  # transformers Cache of the right-padded prefixes
+    mask: torch.Tensor  # (E, Lp) 1 for real prefix tokens
+    lengths: torch.Tensor  # (E,) real prefix lengths
+    row: dict[str, int]  # sentence -> its row
+
+
 class SlotSoftPrompt(nn.Module):
     """k trainable embeddings in the template's {prompt} slot of a frozen causal LM.
 
     `logprobs(sentences)` gives (B, V) full-vocabulary log-probs of the verbalizer tokens, the same
     quantity the scorers give for a discrete prompt in that slot: with the embeddings of a text's
-    tokens it reproduces the scorer's numbers for that text.
+    tokens it reproduces the scorer's numbers for that text. The part of the input before the slot
+    does not depend on the soft tokens, so, as in the CachedScorer, its keys and values are computed
+    once without gradients (kept for the sentence lists given to `keep_prefixes`) and only the soft
+    tokens and the template's tail run with gradients.
     """
 
     def __init__(self, model, tokenizer, template: str, verbalizers: list[str], init_ids: list[int]):
@@ -68,34 +85,65 @@ class SlotSoftPrompt(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor(init_ids, device=model_device(model))
         self.embeds = nn.Parameter(model.get_input_embeddings()(ids).detach().float().clone())  # (k, d)
+        self._kept: list[_Prefixes] = []
 
     @property
     def k(self) -> int:
         return self.embeds.shape[0]
 
+    @torch.no_grad()
+    def _prefixes(self, sentences: list[str]) -> _Prefixes:
+        model = self.lm[0]
+        seqs = [self.encoder.encode_prefix(s) for s in sentences]
+        # An empty prefix (template starting with {prompt}, no BOS) becomes one pad token nobody attends to.
+        lengths = torch.tensor([len(s) for s in seqs])
+        seqs = [s or [self.pad_id] for s in seqs]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :lengths[r]] = 1
+        device = model_device(model)
+        out = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+        return _Prefixes(out.past_key_values, mask, lengths, {s: r for r, s in enumerate(sentences)})
+
+    def keep_prefixes(self, sentences: list[str]) -> None:
+        """Compute the prefixes of `sentences` once and reuse them for any batch drawn from them."""
+        self._kept.append(self._prefixes(list(sentences)))
+
     def logprobs(self, sentences: list[str]) -> torch.Tensor:
         """(B, V) verbalizer log-probs with the soft tokens in the {prompt} slot."""
         model = self.lm[0]
-        embed = model.get_input_embeddings()
         device = model_device(model)
+        prefix = next((p for p in self._kept if all(s in p.row for s in sentences)), None)
+        prefix = prefix or self._prefixes(list(sentences))
+        rows = torch.tensor([prefix.row[s] for s in sentences])
+        conts = [self.encoder.encode_continuation("", s) for s in sentences]
+        if not all(conts):
+            raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt to "
+                            "read the label at; end it with text such as ' It was'")
+        embed = model.get_input_embeddings()
         soft = self.embeds.to(embed.weight.dtype)
-        rows = []
-        for s in sentences:
-            prefix = self.encoder.encode_prefix(s)
-            cont = self.encoder.encode_continuation("", s)
-            if not cont:
-                raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt to "
-                                "read the label at; end it with text such as ' It was'")
-            rows.append(torch.cat([embed(torch.tensor(prefix, dtype=torch.long, device=device)), soft,
-                                   embed(torch.tensor(cont, device=device))]))
-        width = max(len(r) for r in rows)
-        inputs = soft.new_zeros(len(rows), width, soft.shape[1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):  # right padding: every real token sees the same as unpadded
-            inputs[i, :len(r)] = r
-            mask[i, :len(r)] = 1
-        last = torch.tensor([len(r) - 1 for r in rows])
-        return label_logprobs(model, self.verbalizer_ids, last, inputs_embeds=inputs, attention_mask=mask)
+        width = self.k + max(map(len, conts))
+        inputs = soft.new_zeros(len(sentences), width, soft.shape[1])
+        cont_mask = torch.zeros(len(sentences), width, dtype=torch.long)
+        pos = torch.zeros(len(sentences), width, dtype=torch.long)
+        for r, cont in enumerate(conts):  # left padding keeps every row's label position last
+            n = self.k + len(cont)
+            inputs[r, width - n:] = torch.cat([soft, embed(torch.tensor(cont, device=device))])
+            cont_mask[r, width - n:] = 1
+            start = int(prefix.lengths[rows[r]])
+            pos[r, width - n:] = torch.arange(start, start + n)
+        cache = copy.copy(prefix.cache)
+        cache.layers = [copy.copy(layer) for layer in prefix.cache.layers]
+        cache.batch_select_indices(rows.to(device))
+        mask = torch.cat([prefix.mask[rows], cont_mask], dim=1)
+        hidden = model.base_model(inputs_embeds=inputs, attention_mask=mask.to(device),
+                                  position_ids=pos.to(device), past_key_values=cache,
+                                  use_cache=True).last_hidden_state[:, -1]  # (B, d)
+        logits = lm_logits(model, hidden)
+        return torch.log_softmax(logits.float(), -1)[:, self.verbalizer_ids.to(logits.device)]
 
 
 def agreement(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> float:
@@ -106,6 +154,12 @@ def agreement(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) ->
 @register("distill-soft")
 def run(ctx: MethodContext) -> MethodResult:
     """Distill a long instruction into k soft tokens on the unlabeled train sentences."""
+    return distill_soft_prompt(ctx)[0]
+
+
+def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPrompt]:
+    """Train the soft tokens within ctx.pair_budget; returns the result and the student, set to the
+    checkpoint with the lowest dev KL."""
     method = "distill-soft"
     cfg = options_into(DistillConfig(), ctx.options, method)
     task, tokenizer = ctx.task, ctx.task_tokenizer
@@ -128,6 +182,8 @@ def run(ctx: MethodContext) -> MethodResult:
     with seeded(ctx.seed):
         student = SlotSoftPrompt(ctx.task_model, tokenizer, task.template, task.verbalizers,
                                  init_token_ids(tokenizer, init_text, cfg.k))
+        student.keep_prefixes(train_text)
+        student.keep_prefixes(dev_text)
         optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
         batches = torch.Generator().manual_seed(ctx.seed)
         curve, kl_curve, losses, queue, evals = [], [], [], [], []
@@ -144,6 +200,8 @@ def run(ctx: MethodContext) -> MethodResult:
                 best.update(row, embeds=student.embeds.detach().clone())
             curve.append((ledger.used, best["acc"]))
             kl_curve.append((ledger.used, row["kl"]))
+            log.info("%s step %d, %d/%d pairs: dev KL %.4f, agreement %.3f, acc %.3f", method, step,
+                     ledger.used, ledger.budget, row["kl"], row["agreement"], row["acc"])
 
         evaluate_dev(0)
         step = last_eval = 0
@@ -177,7 +235,7 @@ def run(ctx: MethodContext) -> MethodResult:
                     "test_pairs_outside_budget": 2 * len(task.test)}
             test_acc = float(accuracy(student_test[None], test_labels)[0])
     init = evals[0]
-    return MethodResult(
+    result = MethodResult(
         method=method, prompt=None, prompt_tokens=cfg.k, dev_acc=best["acc"],
         test_acc=test_acc, pairs_scored=ledger.used, wall_s=time.perf_counter() - start,
         curve=curve,
@@ -190,3 +248,4 @@ def run(ctx: MethodContext) -> MethodResult:
                "train_kl_first": losses[0] if losses else None, "train_kl_last": losses[-1] if losses else None,
                "dev_kl_curve": kl_curve},
     )
+    return result, student

@@ -14,6 +14,7 @@ dev) is charged; memo hits are free. Test scoring is outside the budget.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from rlprompt.methods.soft_common import BudgetedScorer, PairLedger, options_int
 from rlprompt.rewards import DistillationReward, verbalizer_kl
 from rlprompt.trainer import Trainer
 
+log = logging.getLogger(__name__)
 DEV_CANDIDATES = 4  # Trainer.evaluate scores the greedy prompt and the best 3 unscored sampled ones
 
 
@@ -69,6 +71,8 @@ class _Trainer(Trainer):
     def evaluate(self) -> dict:
         metrics = super().evaluate()
         self.curve.append((self.ledger.used, self.dev_accuracy(self.best_prompt())))
+        log.info("rl-compress step %d, %d pairs: greedy %r, best dev agreement %.3f (%r)", self.step,
+                 self.ledger.used, metrics["greedy_prompt"], self.best_dev, self.best_prompt())
         return metrics
 
 

@@ -123,7 +123,7 @@ def options_into(cfg, options: dict, method: str):
             else:
                 value = kind(value)
         except (TypeError, ValueError):
-            raise UserError(f"option {key}={value!r}: expected a {kind.__name__}") from None
+            raise UserError(f"option {key}={value!r}: expected a value of type {kind.__name__}") from None
         changes[f.name] = value
     return dataclasses.replace(cfg, **changes)
 

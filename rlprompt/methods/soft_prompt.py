@@ -15,6 +15,7 @@ each dev evaluation costs |dev| pairs; the final test evaluation is outside the 
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_lo
                                           options_into, seeded)
 from rlprompt.scorer import PromptEncoder
 from rlprompt.tasks import verbalizer_token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,8 +131,9 @@ def verbalizer_loss(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logprobs, labels.to(logprobs.device))
 
 
-def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> MethodResult:
-    """Train prompt-tuning ('prompt') or prefix-tuning ('prefix') virtual tokens within ctx.pair_budget."""
+def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> tuple[MethodResult, PeftSoftPrompt]:
+    """Train prompt-tuning ('prompt') or prefix-tuning ('prefix') virtual tokens within ctx.pair_budget;
+    returns the result and the soft prompt, set to the checkpoint chosen on dev."""
     cfg = options_into(SoftPromptConfig(), ctx.options, method)
     task, tokenizer = ctx.task, ctx.task_tokenizer
     ledger = PairLedger(ctx.pair_budget)
@@ -160,6 +164,8 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> MethodResul
             if best["key"] is None or (acc, -loss) > best["key"]:
                 best.update(key=(acc, -loss), acc=acc, loss=loss, step=step, weight=soft.weight.detach().clone())
             curve.append((ledger.used, best["acc"]))
+            log.info("%s step %d, %d/%d pairs: dev acc %.3f, loss %.4f (best %.3f)", method, step,
+                     ledger.used, ledger.budget, acc, loss, best["acc"])
 
         evaluate_dev(0)
         step = last_eval = 0
@@ -185,7 +191,7 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> MethodResul
         if cfg.test and task.test:
             lp = batched_logprobs(soft.logprobs, [e.text for e in task.test], cfg.eval_batch_size)
             test_acc = float(accuracy(lp[None], [e.label for e in task.test])[0])
-    return MethodResult(
+    result = MethodResult(
         method=method, prompt=None, prompt_tokens=soft.n, dev_acc=best["acc"], test_acc=test_acc,
         pairs_scored=ledger.used, wall_s=time.perf_counter() - start, curve=curve,
         extra={"placement": "virtual tokens prepended to the input (peft)", "init_text": init_text,
@@ -194,15 +200,16 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> MethodResul
                "train_loss_last": losses[-1] if losses else None,
                "trainable_params": soft.weight.numel(), "test_pairs_outside_budget": len(task.test) if test_acc is not None else 0},
     )
+    return result, soft
 
 
 @register("prompt-tuning")
 def run_prompt_tuning(ctx: MethodContext) -> MethodResult:
     """Lester et al.'s soft prompt: trainable input embeddings in front of the input."""
-    return train_soft_prompt(ctx, "prompt", "prompt-tuning")
+    return train_soft_prompt(ctx, "prompt", "prompt-tuning")[0]
 
 
 @register("prefix-tuning")
 def run_prefix_tuning(ctx: MethodContext) -> MethodResult:
     """Li & Liang's prefix: trainable keys and values at every layer in front of the input."""
-    return train_soft_prompt(ctx, "prefix", "prefix-tuning")
+    return train_soft_prompt(ctx, "prefix", "prefix-tuning")[0]
