@@ -31,6 +31,29 @@ def parse_option(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def teacher_baselines(task, scorer, options: dict) -> dict:
+    """KL(teacher ‖ prompt) and argmax agreement on dev and test for the no prompt and the manual
+    prompt, and every one's accuracy: what the compression methods have to beat."""
+    from rlprompt.evaluation import accuracy, score_examples
+    from rlprompt.methods.soft_common import teacher_instruction
+    from rlprompt.rewards import verbalizer_kl
+
+    teacher = teacher_instruction(task, options)
+    prompts = {"teacher": teacher, "no prompt": "", "manual prompt": task.manual_prompt}
+    out = {"teacher_instruction": teacher}
+    for split in ("dev", "test"):
+        examples = task.split(split)
+        lp = score_examples(scorer, list(prompts.values()), examples, progress=False)  # (3, E, V)
+        acc = accuracy(lp, [e.label for e in examples])
+        for i, name in enumerate(prompts):
+            row = out.setdefault(name, {})
+            row[f"{split}_acc"] = float(acc[i])
+            if i:
+                row[f"{split}_kl"] = float(verbalizer_kl(lp[0], lp[i]).mean())
+                row[f"{split}_agreement"] = float((lp[0].argmax(-1) == lp[i].argmax(-1)).float().mean())
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", action="append", required=True, help="a registered method (repeatable)")
@@ -42,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--teacher-baselines", action="store_true",
+                   help="also print how well the no-prompt and manual-prompt inputs match the teacher instruction")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. lr=0.01 or prefix-tuning.lr=0.01 (repeatable)")
     args = p.parse_args(argv)
@@ -60,6 +85,8 @@ def main(argv=None) -> int:
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype)
     scorer = CachedScorer(model, tokenizer, task.template, task.verbalizers)
     options = dict(parse_option(o) for o in args.option)
+    if args.teacher_baselines:
+        print(json.dumps(teacher_baselines(task, scorer, options)), flush=True)
     for name in args.method:
         run = get_method(name)
         ctx = MethodContext(task=task, task_model=model, task_tokenizer=tokenizer, scorer=scorer,

@@ -17,10 +17,10 @@ from rlprompt.methods import BudgetExhausted
 # Long, detailed instructions for the {prompt} slot: the teacher of the compression methods.
 # They follow the sentence in the template, so they speak of "the review above".
 TEACHER_INSTRUCTIONS = {
-    "sst2": "Classify the sentiment of the review above. Reviews that praise the film (wonderful, "
-            "funny, moving, well acted) are positive and the answer is great. Reviews that criticize "
-            "the film (dull, boring, stupid, badly made) are negative and the answer is terrible. "
-            "The critic's verdict on the movie:",
+    "sst2": "Classify the sentiment of the review above. Reviews that criticize the film (dull, boring, "
+            "stupid, badly made) are negative and the answer is terrible. Reviews that praise the film "
+            "(wonderful, funny, moving, well acted) are positive and the answer is great. In the critic's "
+            "opinion, the movie",
 }
 TEACHER_INSTRUCTIONS["mr"] = TEACHER_INSTRUCTIONS["sst2"]
 TEACHER_INSTRUCTIONS["agnews"] = (
