@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--teacher-baselines", action="store_true",
-                   help="also print how well the no-prompt and manual-prompt inputs match the teacher instruction")
+                   help="also print how well no prompt and the manual prompt match the teacher instruction")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. lr=0.01 or prefix-tuning.lr=0.01 (repeatable)")
     args = p.parse_args(argv)

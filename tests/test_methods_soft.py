@@ -53,13 +53,13 @@ def make_ctx(model, tokenizer, budget, seed=0, task=None, **options) -> MethodCo
 
 
 def snapshot(model) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return {"config": model.config.to_dict(), **{k: v.clone() for k, v in model.state_dict().items()}}
 
 
 def assert_unchanged(model, before: dict) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
+    after = {"config": model.config.to_dict(), **model.state_dict()}
+    assert after.keys() == before.keys() and after.pop("config") == before["config"]
+    assert all(torch.equal(after[k], before[k]) for k in after)
     assert not any(p.requires_grad for p in model.parameters())
     assert not hasattr(model, "peft_config") and not model.training
 
@@ -167,8 +167,8 @@ def test_soft_prompt_starts_as_its_init_text_in_front_of_the_input(tiny_lm, kind
         got = soft.logprobs(sentences)
         encoder = PromptEncoder(tok, TEMPLATE)
         ids = torch.tensor(tok(VERBALIZERS, add_special_tokens=False).input_ids)[:, 0]
-        want = torch.stack([torch.log_softmax(model(input_ids=torch.tensor([init + encoder.encode_pair("", s)]))
-                                              .logits[0, -1], -1)[ids] for s in sentences])
+        full = [torch.tensor([init + encoder.encode_pair("", s)]) for s in sentences]
+        want = torch.stack([torch.log_softmax(model(input_ids=x).logits[0, -1], -1)[ids] for x in full])
     assert torch.allclose(got, want, atol=1e-5)
     assert_unchanged(model, before)
 
@@ -189,7 +189,7 @@ def test_soft_prompt_training_lowers_the_loss_and_changes_only_the_soft_tokens(t
     assert loss_trained < loss_init - 0.1, (loss_init, loss_trained)
     assert not torch.equal(soft.weight, init.weight)
     assert_unchanged(model, before)
-    assert result.prompt is None and result.prompt_tokens == len(init_token_ids(tok, ctx.task.manual_prompt, None))
+    assert result.prompt is None and result.prompt_tokens == len(init.weight)
     assert 0 <= result.dev_acc <= 1 and 0 <= result.test_acc <= 1
     assert result.pairs_scored <= ctx.pair_budget and result.curve[-1][0] == result.pairs_scored
 
@@ -252,8 +252,8 @@ def test_distill_soft_is_deterministic_and_charges_the_teacher(tiny_lm):
     first = get_method("distill-soft")(ctx)
     assert ctx.scorer.pairs_scored == len(ctx.task.train) + len(ctx.task.dev)  # the teacher, charged
     assert first.pairs_scored <= 120
-    again = get_method("distill-soft")(make_ctx(model, tok, budget=120, seed=5, teacher_instruction=INSTRUCTION,
-                                                test="false"))
+    ctx = make_ctx(model, tok, budget=120, seed=5, teacher_instruction=INSTRUCTION, test="false")
+    again = get_method("distill-soft")(ctx)
     assert comparable(again) == comparable(first)
 
 

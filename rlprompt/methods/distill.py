@@ -26,7 +26,7 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, model_device,
-                                          options_into, seeded, teacher_instruction)
+                                          options_into, seeded, teacher_instruction, train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
 from rlprompt.scorer import PromptEncoder, lm_logits
@@ -40,7 +40,7 @@ class DistillConfig:
     """Settings of distill-soft (ctx.options keys of the same names)."""
 
     k: int = 5  # learnable pseudo tokens replacing the instruction
-    init_text: str | None = None  # the soft tokens start as this text's first k tokens; None: the instruction's
+    init_text: str | None = None  # the soft tokens start as this text's first k tokens (None: the instruction)
     lr: float = 1e-2  # Adam learning rate of the soft tokens
     batch_size: int = 8  # unlabeled training sentences per step
     eval_every: int = 10  # steps between dev evaluations (each costs |dev| pairs)
@@ -80,7 +80,7 @@ class SlotSoftPrompt(nn.Module):
     def __init__(self, model, tokenizer, template: str, verbalizers: list[str], init_ids: list[int]):
         super().__init__()
         self.lm = [model]  # a list keeps the frozen LM out of this module's parameters
-        self.encoder = PromptEncoder(tokenizer, template, getattr(model.config, "max_position_embeddings", None))
+        self.encoder = PromptEncoder(tokenizer, template)
         self.verbalizer_ids = torch.tensor(verbalizer_token_ids(tokenizer, verbalizers))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor(init_ids, device=model_device(model))
@@ -185,9 +185,15 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
         student.keep_prefixes(train_text)
         student.keep_prefixes(dev_text)
         optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-        batches = torch.Generator().manual_seed(ctx.seed)
-        curve, kl_curve, losses, queue, evals = [], [], [], [], []
-        best = {}
+        curve, kl_curve, evals, best = [], [], [], {}
+
+        def train_step(idx: list[int]) -> float:
+            student_lp = student.logprobs([train_text[i] for i in idx])
+            loss = verbalizer_kl(teacher_train[idx].to(student_lp.device), student_lp).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
 
         def evaluate_dev(step: int) -> None:
             ledger.charge(n_dev)
@@ -203,32 +209,16 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
             log.info("%s step %d, %d/%d pairs: dev KL %.4f, agreement %.3f, acc %.3f", method, step,
                      ledger.used, ledger.budget, row["kl"], row["agreement"], row["acc"])
 
-        evaluate_dev(0)
-        step = last_eval = 0
-        while ledger.fits(cfg.batch_size + n_dev):  # always keep room for the final dev evaluation
-            if len(queue) < cfg.batch_size:
-                queue += torch.randperm(n_train, generator=batches).tolist()
-            idx, queue = queue[:cfg.batch_size], queue[cfg.batch_size:]
-            ledger.charge(len(idx))
-            student_lp = student.logprobs([train_text[i] for i in idx])
-            loss = verbalizer_kl(teacher_train[idx].to(student_lp.device), student_lp).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if step % cfg.eval_every == 0:
-                evaluate_dev(step)
-                last_eval = step
-        if last_eval != step:
-            evaluate_dev(step)
+        step, losses = train_within_budget(ledger, n_train, cfg.batch_size, n_dev, cfg.eval_every, ctx.seed,
+                                           train_step, evaluate_dev)
         with torch.no_grad():
             student.embeds.copy_(best["embeds"])
         test, test_acc = {}, None
         if cfg.test and task.test:
             test_labels = [e.label for e in task.test]
             teacher_test = score_examples(ctx.scorer, [instruction], task.test, progress=False)[0]
-            student_test = batched_logprobs(student.logprobs, [e.text for e in task.test], cfg.eval_batch_size)
+            student_test = batched_logprobs(student.logprobs, [e.text for e in task.test],
+                                            cfg.eval_batch_size)
             test = {"test_kl": float(verbalizer_kl(teacher_test, student_test).mean()),
                     "test_agreement": agreement(teacher_test, student_test),
                     "teacher_test_acc": float(accuracy(teacher_test[None], test_labels)[0]),
@@ -245,7 +235,8 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
                "init_dev_kl": init["kl"], "init_dev_agreement": init["agreement"],
                "teacher_dev_acc": float(accuracy(teacher_dev[None], dev_labels)[0]),
                **test, "steps": step, "best_step": best["step"],
-               "train_kl_first": losses[0] if losses else None, "train_kl_last": losses[-1] if losses else None,
+               "train_kl_first": losses[0] if losses else None,
+               "train_kl_last": losses[-1] if losses else None,
                "dev_kl_curve": kl_curve},
     )
     return result, student

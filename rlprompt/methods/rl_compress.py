@@ -116,7 +116,8 @@ def run(ctx: MethodContext) -> MethodResult:
                                             reward_fn=DistillationReward(teacher_train))
         dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length,
                                           reward_fn=DistillationReward(teacher_dev))
-        trainer = _Trainer(train_cfg, policy, train_env, dev_env, run_dir, ledger=ledger, dev_examples=task.dev)
+        trainer = _Trainer(train_cfg, policy, train_env, dev_env, run_dir, ledger=ledger,
+                           dev_examples=task.dev)
         ledger.budget -= reserve
         try:
             trainer.run(progress=False)  # patience 0 and no step limit: it ends when the budget does
@@ -144,7 +145,7 @@ def run(ctx: MethodContext) -> MethodResult:
                              "test_agreement": float((lp[0].argmax(-1) == lp[1].argmax(-1)).float().mean()),
                              "teacher_test_acc": float(accuracy(lp[:1], test_labels)[0]),
                              "test_pairs_outside_budget": 2 * len(task.test)})
-    prompt_tokens = len(tokenizer(" " + best.prompt, add_special_tokens=False).input_ids) if best.prompt else 0
+    prompt_tokens = len(tokenizer(" " + best.prompt, add_special_tokens=False).input_ids)
     result_extra["compression_ratio"] = teacher_tokens / max(prompt_tokens, 1)
     return MethodResult(
         method=method, prompt=best.prompt, prompt_tokens=prompt_tokens,

@@ -140,6 +140,32 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def train_within_budget(ledger: PairLedger, n_train: int, batch_size: int, eval_cost: int, eval_every: int,
+                        seed: int, train_step: Callable[[list[int]], float],
+                        evaluate: Callable[[int], None]) -> tuple[int, list[float]]:
+    """The loop of the soft methods: `evaluate(0)`, then `train_step(indices)` on shuffled minibatches
+    of train indices (one pair charged per example), `evaluate(step)` every `eval_every` steps and
+    after the last step, for as long as a step and the final evaluation (`eval_cost` pairs, charged
+    by `evaluate`) still fit the budget. Returns (steps taken, the losses train_step returned)."""
+    batches = torch.Generator().manual_seed(seed)
+    queue, losses = [], []
+    evaluate(0)
+    step = last_eval = 0
+    while ledger.fits(batch_size + eval_cost):
+        if len(queue) < batch_size:
+            queue += torch.randperm(n_train, generator=batches).tolist()
+        idx, queue = queue[:batch_size], queue[batch_size:]
+        ledger.charge(len(idx))
+        losses.append(train_step(idx))
+        step += 1
+        if step % eval_every == 0:
+            evaluate(step)
+            last_eval = step
+    if last_eval != step:
+        evaluate(step)
+    return step, losses
+
+
 def label_logprobs(model, verbalizer_ids: torch.Tensor, last: torch.Tensor, **inputs) -> torch.Tensor:
     """(B, V) full-vocabulary log-probs of the verbalizer tokens after position last[b] of row b.
 

@@ -28,7 +28,7 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_logprobs, model_device,
-                                          options_into, seeded)
+                                          options_into, seeded, train_within_budget)
 from rlprompt.scorer import PromptEncoder
 from rlprompt.tasks import verbalizer_token_ids
 
@@ -79,12 +79,15 @@ class PeftSoftPrompt:
         self.base = model
         self.kind = kind
         self.n = len(init_ids)
-        self.encoder = PromptEncoder(tokenizer, template, getattr(model.config, "max_position_embeddings", None))
+        context = getattr(model.config, "max_position_embeddings", None)
+        self.encoder = PromptEncoder(tokenizer, template, context - self.n if context else None)
         self.verbalizer_ids = torch.tensor(verbalizer_token_ids(tokenizer, verbalizers))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         common = dict(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.n)
-        config = (PromptTuningConfig(prompt_tuning_init=PromptTuningInit.RANDOM, **common) if kind == "prompt"
-                  else PrefixTuningConfig(**common))
+        if kind == "prompt":  # RANDOM: we set the text init ourselves (no tokenizer reload, no BOS)
+            config = PromptTuningConfig(prompt_tuning_init=PromptTuningInit.RANDOM, **common)
+        else:
+            config = PrefixTuningConfig(**common)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self.model = get_peft_model(model, config)
@@ -102,12 +105,12 @@ class PeftSoftPrompt:
     @torch.no_grad()
     def _text_init(self, ids: torch.Tensor) -> torch.Tensor:
         """The init text as soft parameters: its token embeddings (prompt) or its per-layer keys and
-        values (prefix), laid out as peft's get_prompt reads them: (n, layers · 2 · kv_heads · head_dim)."""
+        values (prefix), laid out as peft's get_prompt reads them: (n, layers·2·kv_heads·head_dim)."""
         if self.kind == "prompt":
             return self.base.get_input_embeddings()(ids)[0].float()
         cache = self.base(input_ids=ids, use_cache=True).past_key_values
-        per_layer = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # (2, H, n, D)
-        kv = torch.stack(per_layer)  # (L, 2, H, n, D)
+        kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]])
+                          for layer in cache.layers])  # (L, 2, H, n, D)
         return kv.permute(3, 0, 1, 2, 4).reshape(self.n, -1).float()
 
     def logprobs(self, sentences: list[str]) -> torch.Tensor:
@@ -153,38 +156,28 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> tuple[Metho
         soft = PeftSoftPrompt(ctx.task_model, tokenizer, task.template, task.verbalizers, kind,
                               init_token_ids(tokenizer, init_text, cfg.num_virtual_tokens))
         optimizer = torch.optim.Adam(soft.parameters(), lr=cfg.lr)
-        batches = torch.Generator().manual_seed(ctx.seed)
-        curve, losses, queue = [], [], []
-        best = {"key": None}
+        curve, best = [], {"key": None}
+
+        def train_step(idx: list[int]) -> float:
+            loss = verbalizer_loss(soft.logprobs([task.train[i].text for i in idx]), train_labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
 
         def evaluate_dev(step: int) -> None:
             ledger.charge(n_dev)
             lp = batched_logprobs(soft.logprobs, [e.text for e in task.dev], cfg.eval_batch_size)
             acc, loss = float(accuracy(lp[None], dev_labels)[0]), float(verbalizer_loss(lp, dev_labels))
             if best["key"] is None or (acc, -loss) > best["key"]:
-                best.update(key=(acc, -loss), acc=acc, loss=loss, step=step, weight=soft.weight.detach().clone())
+                best.update(key=(acc, -loss), acc=acc, loss=loss, step=step,
+                            weight=soft.weight.detach().clone())
             curve.append((ledger.used, best["acc"]))
             log.info("%s step %d, %d/%d pairs: dev acc %.3f, loss %.4f (best %.3f)", method, step,
                      ledger.used, ledger.budget, acc, loss, best["acc"])
 
-        evaluate_dev(0)
-        step = last_eval = 0
-        while ledger.fits(cfg.batch_size + n_dev):  # always keep room for the final dev evaluation
-            if len(queue) < cfg.batch_size:
-                queue += torch.randperm(len(task.train), generator=batches).tolist()
-            idx, queue = queue[:cfg.batch_size], queue[cfg.batch_size:]
-            ledger.charge(len(idx))
-            loss = verbalizer_loss(soft.logprobs([task.train[i].text for i in idx]), train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if step % cfg.eval_every == 0:
-                evaluate_dev(step)
-                last_eval = step
-        if last_eval != step:
-            evaluate_dev(step)
+        step, losses = train_within_budget(ledger, len(task.train), cfg.batch_size, n_dev, cfg.eval_every,
+                                           ctx.seed, train_step, evaluate_dev)
         with torch.no_grad():
             soft.weight.copy_(best["weight"])
         test_acc = None
@@ -198,7 +191,8 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> tuple[Metho
                "steps": step, "best_step": best["step"], "dev_loss": best["loss"],
                "train_loss_first": losses[0] if losses else None,
                "train_loss_last": losses[-1] if losses else None,
-               "trainable_params": soft.weight.numel(), "test_pairs_outside_budget": len(task.test) if test_acc is not None else 0},
+               "trainable_params": soft.weight.numel(),
+               "test_pairs_outside_budget": len(task.test) if test_acc is not None else 0},
     )
     return result, soft
 
