@@ -112,7 +112,7 @@ def test_rl_loop_raises_the_distillation_reward_on_a_toy_task(smol_tokenizer, tm
     even = next(w for w in map(tok.decode, range(1000, 1100, 2)) if len(tok(w).input_ids) == 1
                 and tok(w).input_ids[0] % 2 == 0)  # a one-token text with an even id
     teacher = scorer.score([even], [e.text for e in TOY_EXAMPLES])[0]
-    cfg = TrainConfig(steps=60, prompts_per_step=16, prompt_length=3, top_k=64, lr=3e-3, eval_every=10,
+    cfg = TrainConfig(steps=40, prompts_per_step=16, prompt_length=3, top_k=64, lr=3e-3, eval_every=10,
                       patience=0, checkpoint_every=100, adaptor_hidden=64, seed=0, kl_coef=0.0,
                       entropy_coef=0.0)
     torch.manual_seed(0)
