@@ -19,12 +19,15 @@ class PromptClassificationEnv(gym.Env):
     classification reward of the finished prompt on `examples`, scored by the frozen task LM.
 
     `score_batch` scores many finished prompts in one scorer call (what training uses).
+    `reward_fn` maps ((P, E, V) log-probs, (E,) labels) to (reward (P,), accuracy (P,)); the default
+    is RLPrompt's classification reward, `rlprompt.rewards.DistillationReward` rewards matching a
+    teacher prompt instead (its "accuracy" is the agreement with the teacher).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, scorer, examples: list[Example], decode: Callable[[list[int]], str],
-                 vocab_size: int, prompt_length: int = 5):
+                 vocab_size: int, prompt_length: int = 5, reward_fn: Callable = classification_reward):
         super().__init__()
         self.scorer = scorer
         self.examples = list(examples)
@@ -33,6 +36,7 @@ class PromptClassificationEnv(gym.Env):
         self.decode = decode
         self.vocab_size = vocab_size
         self.prompt_length = prompt_length
+        self.reward_fn = reward_fn
         self.action_space = spaces.Discrete(vocab_size)
         self.observation_space = spaces.MultiDiscrete([vocab_size + 1] * prompt_length)
         self._tokens: list[int] = []
@@ -68,5 +72,5 @@ class PromptClassificationEnv(gym.Env):
     def score_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompt texts -> (raw rewards, accuracies) on this env's examples."""
         logprobs = self.scorer.score(texts, self.sentences)
-        reward, accuracy = classification_reward(logprobs, self.labels)
+        reward, accuracy = self.reward_fn(logprobs, self.labels)
         return reward.numpy(), accuracy.numpy()

@@ -1,0 +1,154 @@
+"""RL prompt compression: the RL prompt writer trained to imitate a long instruction with a short
+discrete prompt.
+
+The teacher is the frozen task LM with a long instruction in the template's {prompt} slot. The
+policy (rlprompt.policy.PromptPolicy) writes `prompt_length`-token prompts for that slot, and the
+environment rewards each with −KL(teacher ‖ prompt) over the verbalizer distribution, averaged
+over the unlabeled train sentences (rlprompt.rewards.DistillationReward). The training loop is
+the ordinary rlprompt.trainer.Trainer; the dev environment ranks prompts by agreement with the
+teacher's dev labels. The compressed prompt stays text: readable and usable with any scorer.
+
+Budget: every (prompt, example) pair the task LM newly scores (teacher and students, train and
+dev) is charged; memo hits are free. Test scoring is outside the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from envs import PromptClassificationEnv
+from rlprompt.config import TrainConfig
+from rlprompt.errors import UserError
+from rlprompt.evaluation import accuracy, score_examples
+from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
+from rlprompt.methods.soft_common import BudgetedScorer, PairLedger, options_into, seeded, teacher_instruction
+from rlprompt.rewards import DistillationReward, verbalizer_kl
+from rlprompt.trainer import Trainer
+
+log = logging.getLogger(__name__)
+DEV_CANDIDATES = 4  # Trainer.evaluate scores the greedy prompt and the best 3 unscored sampled ones
+
+
+@dataclass
+class RLCompressConfig:
+    """Settings of rl-compress (ctx.options keys of the same names); the rest is TrainConfig's default."""
+
+    prompt_length: int = 5  # tokens of the compressed prompt
+    prompts_per_step: int = 8  # prompts sampled and scored per policy-gradient step
+    lr: float = 1e-4  # Adam learning rate of the policy's adaptor
+    top_k: int = 256  # top-k sampling while training
+    kl_coef: float = 0.2  # KL(policy ‖ initial policy) weight
+    entropy_coef: float = 0.01
+    adaptor_hidden: int = 2048
+    eval_every: int = 3  # steps between dev evaluations
+    init_prompt: str | None = None  # warm start toward this prompt (e.g. the instruction's first words)
+    test: bool = True  # score the chosen prompt on the test set (outside the budget)
+
+
+class _Trainer(Trainer):
+    """The rlprompt Trainer, noting after each dev evaluation the budget spent and the dev accuracy
+    (against the gold labels) of the prompt it ranks first."""
+
+    def __init__(self, *args, ledger: PairLedger, dev_examples, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ledger = ledger
+        self.dev_examples = dev_examples
+        self.curve: list[tuple[int, float]] = []
+
+    def best_prompt(self) -> str:
+        return self.leaderboard.best(1)[0].prompt
+
+    def dev_accuracy(self, prompt: str) -> float:
+        """Accuracy on dev against the gold labels (the dev env has scored it: a memo hit)."""
+        lp = self.dev_env.scorer.score([prompt], self.dev_env.sentences)
+        return float(accuracy(lp, [e.label for e in self.dev_examples])[0])
+
+    def evaluate(self) -> dict:
+        metrics = super().evaluate()
+        self.curve.append((self.ledger.used, self.dev_accuracy(self.best_prompt())))
+        log.info("rl-compress step %d, %d pairs: greedy %r, best dev agreement %.3f (%r)", self.step,
+                 self.ledger.used, metrics["greedy_prompt"], self.best_dev, self.best_prompt())
+        return metrics
+
+
+@register("rl-compress")
+def run(ctx: MethodContext) -> MethodResult:
+    """Compress a long instruction into a short discrete prompt with RL and a distillation reward."""
+    from rlprompt.models import load_lm, pick_device
+    from rlprompt.policy import PromptPolicy
+
+    method = "rl-compress"
+    cfg = options_into(RLCompressConfig(), ctx.options, method)
+    task, tokenizer = ctx.task, ctx.task_tokenizer
+    if not task.train or not task.dev:
+        raise UserError(f"{method} needs train and dev examples")
+    instruction = teacher_instruction(task, ctx.options)
+    teacher_tokens = len(tokenizer(" " + instruction.strip(), add_special_tokens=False).input_ids)
+    n_train, n_dev = len(task.train), len(task.dev)
+    reserve = DEV_CANDIDATES * n_dev + n_train  # one last Trainer.evaluate after the budget runs out
+    first_step = cfg.prompts_per_step * n_train
+    if ctx.pair_budget < n_train + n_dev + first_step + reserve:
+        raise UserError(f"pair budget {ctx.pair_budget} is too small for {method}: the teacher, one step of "
+                        f"{cfg.prompts_per_step} prompts and a dev evaluation cost up to "
+                        f"{n_train + n_dev + first_step + reserve} pairs")
+    start = time.perf_counter()
+    ledger = PairLedger(ctx.pair_budget)
+    scorer = BudgetedScorer(ctx.scorer, ledger)
+    teacher_train = score_examples(scorer, [instruction], task.train, progress=False)[0]  # (E, V)
+    teacher_dev = score_examples(scorer, [instruction], task.dev, progress=False)[0]
+
+    train_cfg = TrainConfig(seed=ctx.seed, prompt_length=cfg.prompt_length, steps=10**9,
+                            prompts_per_step=cfg.prompts_per_step, lr=cfg.lr, top_k=cfg.top_k,
+                            kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef,
+                            adaptor_hidden=cfg.adaptor_hidden, eval_every=cfg.eval_every, patience=0,
+                            checkpoint_every=10**9, init_prompt=cfg.init_prompt, device=ctx.device)
+    with seeded(ctx.seed), tempfile.TemporaryDirectory(prefix="rl-compress-") as run_dir:
+        policy_model, policy_tok = load_lm(ctx.policy_model, pick_device(ctx.device), "fp32")
+        policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
+        vocab = policy_model.get_output_embeddings().weight.shape[0]
+        decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
+        train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length,
+                                            reward_fn=DistillationReward(teacher_train))
+        dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length,
+                                          reward_fn=DistillationReward(teacher_dev))
+        trainer = _Trainer(train_cfg, policy, train_env, dev_env, run_dir, ledger=ledger,
+                           dev_examples=task.dev)
+        ledger.budget -= reserve
+        try:
+            trainer.run(progress=False)  # patience 0 and no step limit: it ends when the budget does
+        except BudgetExhausted:
+            pass
+        ledger.budget += reserve
+        trainer.evaluate()
+    best = trainer.leaderboard.best(1)[0]
+    dev_lp = scorer.score([best.prompt], dev_env.sentences)[0]  # scored by the dev env: a memo hit
+    result_extra = {
+        "teacher_instruction": instruction, "teacher_tokens": teacher_tokens,
+        "dev_kl": float(verbalizer_kl(teacher_dev, dev_lp).mean()), "dev_agreement": best.dev_acc,
+        "train_reward": best.train_reward, "train_agreement": best.train_acc,
+        "teacher_dev_acc": float(accuracy(teacher_dev[None], [e.label for e in task.dev])[0]),
+        "steps": trainer.step, "prompts_seen": len(trainer.leaderboard.records),
+        "top_prompts": [{"prompt": r.prompt, "dev_agreement": r.dev_acc, "train_reward": r.train_reward}
+                        for r in trainer.leaderboard.best(5)],
+    }
+    test_acc = None
+    if cfg.test and task.test:
+        test_labels = [e.label for e in task.test]
+        lp = score_examples(ctx.scorer, [instruction, best.prompt], task.test, progress=False)  # (2, E, V)
+        test_acc = float(accuracy(lp[1:], test_labels)[0])
+        result_extra.update({"test_kl": float(verbalizer_kl(lp[0], lp[1]).mean()),
+                             "test_agreement": float((lp[0].argmax(-1) == lp[1].argmax(-1)).float().mean()),
+                             "teacher_test_acc": float(accuracy(lp[:1], test_labels)[0]),
+                             "test_pairs_outside_budget": 2 * len(task.test)})
+    prompt_tokens = len(tokenizer(" " + best.prompt, add_special_tokens=False).input_ids)
+    result_extra["compression_ratio"] = teacher_tokens / max(prompt_tokens, 1)
+    return MethodResult(
+        method=method, prompt=best.prompt, prompt_tokens=prompt_tokens,
+        dev_acc=trainer.dev_accuracy(best.prompt), test_acc=test_acc, pairs_scored=ledger.used,
+        wall_s=time.perf_counter() - start, curve=trainer.curve, extra=result_extra,
+    )

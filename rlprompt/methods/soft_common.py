@@ -1,0 +1,196 @@
+"""Pieces shared by the soft-prompt and prompt-compression methods: the pair ledger and a scorer that
+charges it, method options from ctx.options, seeding, the teacher instructions, and batched
+verbalizer log-probs of soft-prompted inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rlprompt.errors import UserError
+from rlprompt.methods import BudgetExhausted
+
+# Long, detailed instructions for the {prompt} slot: the teacher of the compression methods.
+# They follow the sentence in the template, so they speak of "the review above".
+TEACHER_INSTRUCTIONS = {
+    "sst2": "Classify the sentiment of the review above. Reviews that criticize the film (dull, boring, "
+            "stupid, badly made) are negative and the answer is terrible. Reviews that praise the film "
+            "(wonderful, funny, moving, well acted) are positive and the answer is great. In the critic's "
+            "opinion, the movie",
+}
+TEACHER_INSTRUCTIONS["mr"] = TEACHER_INSTRUCTIONS["sst2"]
+TEACHER_INSTRUCTIONS["agnews"] = (
+    "Read the news article above and decide which of four topics it covers. World is for "
+    "international news, politics, wars and diplomacy; Sports is for games, teams, players and "
+    "tournaments; Business is for companies, markets, the economy and money; Tech is for science, "
+    "computers, the internet and technology. Answer with one word.")
+
+
+def teacher_instruction(task, options: dict) -> str:
+    """ctx.options['teacher_instruction'] if given, else the task's built-in long instruction."""
+    text = options.get("teacher_instruction") or TEACHER_INSTRUCTIONS.get(task.name)
+    if not text:
+        raise UserError(f"no teacher instruction for task {task.name!r}; pass the option "
+                        "teacher_instruction=TEXT")
+    return text
+
+
+class PairLedger:
+    """Counts scored (prompt, example) pairs against a budget; BudgetExhausted when it would overflow."""
+
+    def __init__(self, budget: int):
+        if budget < 1:
+            raise UserError(f"pair budget must be at least 1, got {budget}")
+        self.budget = budget
+        self.used = 0
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def fits(self, n: int) -> bool:
+        return n <= self.left
+
+    def check(self, n: int) -> None:
+        """Raise BudgetExhausted if n more pairs do not fit."""
+        if not self.fits(n):
+            raise BudgetExhausted(f"{n} more pairs do not fit: {self.used} of {self.budget} used")
+
+    def charge(self, n: int) -> None:
+        """Check, then count n pairs."""
+        self.check(n)
+        self.used += n
+
+
+def _key(sentences: Sequence[str]) -> str:
+    return hashlib.sha1("\x00".join(sentences).encode()).hexdigest()
+
+
+class BudgetedScorer:
+    """A task-LM scorer that charges the pairs it newly scores to a ledger (memo hits are free).
+
+    Before a call it raises BudgetExhausted when the call could overflow the budget: every prompt
+    this wrapper has not yet seen on these sentences counts as new. After the call the ledger gets
+    the scorer's own count (`pairs_scored`) where it has one. Other attributes pass through.
+    """
+
+    def __init__(self, scorer, ledger: PairLedger):
+        self.scorer = scorer
+        self.ledger = ledger
+        self._seen: set[tuple[str, str]] = set()
+
+    def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
+        key = _key(sentences)
+        new = [p for p in dict.fromkeys(prompts) if (p, key) not in self._seen]
+        estimate = len(new) * len(sentences)
+        self.ledger.check(estimate)
+        before = getattr(self.scorer, "pairs_scored", None)
+        out = self.scorer.score(prompts, sentences)
+        self.ledger.used += estimate if before is None else self.scorer.pairs_scored - before
+        self._seen.update((p, key) for p in new)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+
+def options_into(cfg, options: dict, method: str):
+    """Copy of dataclass `cfg` with the fields named in `options` replaced, strings converted to the
+    field's type. `METHOD.FIELD` (e.g. `prefix-tuning.lr`) wins over a plain `FIELD`, which applies
+    to every method that has that field; other keys are left alone. A UserError on a bad value."""
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        key = f"{method}.{f.name}" if f"{method}.{f.name}" in options else f.name
+        if key not in options:
+            continue
+        value = options[key]
+        type_name = str(f.type).split("|")[0].strip()  # "int | None" -> "int"
+        kind = kinds.get(type_name, str)
+        try:
+            if value is None or (isinstance(value, str) and value.lower() == "none"):
+                if "None" not in str(f.type):
+                    raise ValueError(value)
+                value = None
+            elif kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                value = value.lower() in ("true", "1", "yes")
+            else:
+                value = kind(value)
+        except (TypeError, ValueError):
+            raise UserError(f"option {key}={value!r}: expected a value of type {kind.__name__}") from None
+        changes[f.name] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Within the block torch's global RNG is seeded with `seed`; the caller's RNG state is restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train_within_budget(ledger: PairLedger, n_train: int, batch_size: int, eval_cost: int, eval_every: int,
+                        seed: int, train_step: Callable[[list[int]], float],
+                        evaluate: Callable[[int], None]) -> tuple[int, list[float]]:
+    """The loop of the soft methods: `evaluate(0)`, then `train_step(indices)` on shuffled minibatches
+    of train indices (one pair charged per example), `evaluate(step)` every `eval_every` steps and
+    after the last step, for as long as a step and the final evaluation (`eval_cost` pairs, charged
+    by `evaluate`) still fit the budget. Returns (steps taken, the losses train_step returned)."""
+    batches = torch.Generator().manual_seed(seed)
+    queue, losses = [], []
+    evaluate(0)
+    step = last_eval = 0
+    while ledger.fits(batch_size + eval_cost):
+        if len(queue) < batch_size:
+            queue += torch.randperm(n_train, generator=batches).tolist()
+        idx, queue = queue[:batch_size], queue[batch_size:]
+        ledger.charge(len(idx))
+        losses.append(train_step(idx))
+        step += 1
+        if step % eval_every == 0:
+            evaluate(step)
+            last_eval = step
+    if last_eval != step:
+        evaluate(step)
+    return step, losses
+
+
+def label_logprobs(model, verbalizer_ids: torch.Tensor, last: torch.Tensor, **inputs) -> torch.Tensor:
+    """(B, V) full-vocabulary log-probs of the verbalizer tokens after position last[b] of row b.
+
+    Only the distinct label positions go through the LM head (`logits_to_keep`), so right-padded
+    rows of different lengths cost one head projection per distinct length, not per position.
+    """
+    keep, column = torch.unique(last, return_inverse=True)
+    device = model_device(model)
+    logits = model(**inputs, logits_to_keep=keep.to(device)).logits  # (B, len(keep), vocab)
+    logits = logits[torch.arange(len(last), device=logits.device), column.to(logits.device)]
+    return torch.log_softmax(logits.float(), -1)[:, verbalizer_ids.to(logits.device)]
+
+
+@torch.no_grad()
+def batched_logprobs(forward: Callable[[list[str]], torch.Tensor], sentences: Sequence[str],
+                     batch_size: int = 32, length: Callable[[str], int] = len) -> torch.Tensor:
+    """(E, V) verbalizer log-probs of `forward` (a batch of sentences -> (B, V)), in batches of
+    similar `length` (less padding), returned in the order of `sentences`, on the CPU."""
+    order = sorted(range(len(sentences)), key=lambda i: length(sentences[i]))
+    out = [None] * len(sentences)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        rows = forward([sentences[j] for j in idx]).float().cpu()
+        for j, row in zip(idx, rows):
+            out[j] = row
+    if not out:
+        raise UserError("no examples to evaluate")
+    return torch.stack(out)
