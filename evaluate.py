@@ -3,6 +3,7 @@
     python evaluate.py --task sst2 --prompt "Absolutely fantastic movie review" --prompt "..."
     python evaluate.py --run runs/<name>              # the run's best prompts, on the run's task and model
     python evaluate.py --task sst2 --prompts-file prompts.txt --splits dev --limit 20
+    python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096   # methods side by side
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="template with {sentence} and {prompt} (default: the preset's)")
     p.add_argument("--verbalizers", help='comma-separated, one token each, e.g. " terrible"," great"')
     p.add_argument("--allow-download", action="store_true", help="allow fetching models from the HF hub")
+    g = p.add_argument_group("method comparison (rlprompt/compare.py)")
+    g.add_argument("--compare", metavar="METHODS", help="comma-separated methods to run side by side under "
+                   "one pair budget, e.g. manual,rl,ape,evo,deletion; --out is then a folder "
+                   "(default runs/compare__<task>__<seed>) and --limit cuts the test set only")
+    g.add_argument("--budget", type=int, default=4096, help="(prompt, example) pairs each method may "
+                   "score on train and dev (default 4096)")
+    g.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method setting, e.g. ape.keep_frac=0.3 or rl.run=runs/<name> (repeat the flag)")
+    g.add_argument("--policy-model", default="smollm2-135m",
+                   help="LM that writes or rewrites prompts (APE, RL) (default smollm2-135m)")
     return p
 
 
@@ -161,6 +172,10 @@ def evaluate(argv=None) -> int:
     for flag, key in RUN_KEYS.items():  # explicit flag, else the run's setting, else the default
         if getattr(args, flag) is None:
             setattr(args, flag, run_config.get(key, DEFAULTS[flag]))
+    if args.compare is not None:
+        from rlprompt.compare import compare_from_args
+
+        return compare_from_args(args, sys.argv[1:] if argv is None else list(argv))
 
     from rlprompt.tasks import load_task, validate_template
 

@@ -75,9 +75,7 @@ def seed_everything(seed: int) -> None:
 
 def build(cfg: TrainConfig):
     """Task, task-LM scorer, policy and the train/dev environments of a config."""
-    from envs import PromptClassificationEnv
     from rlprompt.models import load_lm, pick_device
-    from rlprompt.policy import PromptPolicy
     from rlprompt.scorer import CachedScorer
     from rlprompt.tasks import load_task
 
@@ -86,13 +84,22 @@ def build(cfg: TrainConfig):
     task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
     scorer = CachedScorer(task_model, task_tok, task.template, task.verbalizers)
     policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
+    policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, scorer, task)
+    return task, scorer, policy, train_env, dev_env
+
+
+def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):
+    """The policy on a loaded policy LM, and the train/dev environments that score with `scorer`."""
+    from envs import PromptClassificationEnv
+    from rlprompt.policy import PromptPolicy
+
     policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
                           cfg.no_repeat, cfg.policy_start)
     vocab = policy_model.get_output_embeddings().weight.shape[0]
     decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
     train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length)
     dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
-    return task, scorer, policy, train_env, dev_env
+    return policy, train_env, dev_env
 
 
 def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
