@@ -53,7 +53,7 @@ def test_compare_writes_one_row_per_method(tiny_lm, tmp_path, soft_stand_in):
                "rl": {"policy_lm": (fresh_tiny_lm(tok, 1), tok), "prompts_per_step": "4", "prompt_length": "3",
                       "top_k": "32", "adaptor_hidden": "32"}}
     methods = DISCRETE + [soft_stand_in]
-    budget = 300
+    budget = 200
     results = compare.run_comparison(task, model, tok, methods, budget, seed=13, out_dir=tmp_path,
                                      options=options, progress=False, meta={"task": "toy", "seed": 13})
     assert [r.method for r in results] == methods

@@ -150,14 +150,14 @@ def test_clean_instruction_makes_one_short_line():
 
 def test_ape_with_a_tiny_instruct_lm_writes_clean_candidates(smol_tokenizer):
     lm = fresh_tiny_lm(smol_tokenizer, seed=3)
-    ctx = parity_ctx(smol_tokenizer, budget=160, writer_lm=(lm, smol_tokenizer), max_new_tokens=8,
+    ctx = parity_ctx(smol_tokenizer, budget=100, writer_lm=(lm, smol_tokenizer), max_new_tokens=8,
                      n_induce=4, pool_size=4)
     result = ape.run(ctx)
-    assert result.pairs_scored <= 160
+    assert result.pairs_scored <= 100
     prompts = [p for rnd in result.extra["rounds"] for p in rnd["pool"]]
     assert len(prompts) > 1
     assert all("\n" not in p and len(p.split()) <= 16 and p.strip() == p for p in prompts)
-    again = ape.run(parity_ctx(smol_tokenizer, budget=160, writer_lm=(lm, smol_tokenizer), max_new_tokens=8,
+    again = ape.run(parity_ctx(smol_tokenizer, budget=100, writer_lm=(lm, smol_tokenizer), max_new_tokens=8,
                                n_induce=4, pool_size=4))
     assert again.extra["rounds"] == result.extra["rounds"]  # generation is seeded
 

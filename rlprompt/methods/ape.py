@@ -132,7 +132,7 @@ def run(ctx: MethodContext) -> MethodResult:
     dev_per_round, max_rounds = option(ctx, "dev_per_round", 1), option(ctx, "max_rounds", 1000)
     rng = random.Random(ctx.seed)
     writer = load_writer(ctx)
-    search = PromptSearch(ctx)
+    search = PromptSearch(ctx, desc="ape")
 
     demos = rng.sample(ctx.task.train, min(option(ctx, "n_demos", 6), len(ctx.task.train)))
     demo_pairs = [(e.text, ctx.task.verbalizers[e.label]) for e in demos]

@@ -2,8 +2,8 @@
 
 `BudgetedScorer` wraps a task-LM scorer and counts each distinct (prompt, example) pair once: a pair
 scored again (a memo hit) is free. This equals the CachedScorer's own `pairs_scored` as long as each
-split is scored whole, as the methods do (its memo is keyed by chunks of examples). A call that would go past the budget raises `BudgetExhausted`
-before anything is scored.
+split is scored whole, as the methods do (its memo is keyed by chunks of examples). A call that would
+go past the budget raises `BudgetExhausted` before anything is scored.
 
 `PromptSearch` is what a discrete method searches with. It scores prompts on train (RLPrompt's
 classification reward, the quantity the search optimizes) and on dev (accuracy, used only to select),
@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from rlprompt.errors import UserError
 from rlprompt.evaluation import evaluate_prompts
@@ -37,6 +38,8 @@ class BudgetedScorer:
         self._charged: set[tuple[str, str]] = set()
 
     def __getattr__(self, name):  # verbalizer_ids, score_cache, ... of the wrapped scorer
+        if name == "scorer":
+            raise AttributeError(name)
         return getattr(self.scorer, name)
 
     @property
@@ -64,8 +67,9 @@ def prompt_tokens(tokenizer, prompt: str) -> int:
 
 
 def score_test(ctx: MethodContext, prompt: str) -> float | None:
-    """Test accuracy of one prompt, with the unbudgeted scorer; None with option skip_test or no test set."""
-    if ctx.options.get("skip_test") or not ctx.task.test:
+    """Test accuracy of one prompt, with the unbudgeted scorer; None with option skip_test=true (or
+    test=false, the soft methods' spelling) or without a test set."""
+    if option(ctx, "skip_test", False) or not option(ctx, "test", True) or not ctx.task.test:
         return None
     res = evaluate_prompts(ctx.scorer, [prompt], ctx.task.test, progress=bool(ctx.options.get("progress")),
                            desc="test")
@@ -75,7 +79,7 @@ def score_test(ctx: MethodContext, prompt: str) -> float | None:
 class PromptSearch:
     """Budgeted train/dev scoring, a leaderboard of every scored prompt and the dev curve of one method."""
 
-    def __init__(self, ctx: MethodContext, dev_reserve: int = 2):
+    def __init__(self, ctx: MethodContext, dev_reserve: int = 2, desc: str = "search", bar: bool = True):
         self.ctx = ctx
         self.task = ctx.task
         self.dev_reserve = dev_reserve
@@ -90,6 +94,8 @@ class PromptSearch:
         self.round = 0  # the method's own iteration counter, stored with each record
         self.exhausted = False  # set by score_dev(partial=True) when some prompts did not fit
         self.start = time.perf_counter()
+        self.bar = tqdm(total=ctx.pair_budget, desc=desc, unit="pair", leave=False, dynamic_ncols=True,
+                        disable=not (bar and option(ctx, "progress", False)))
 
     def _fit(self, prompts: list[str], examples) -> list[str]:
         """The longest head of `prompts` whose new pairs fit in the budget left."""
@@ -108,7 +114,10 @@ class PromptSearch:
             if prompts:
                 raise BudgetExhausted("no budget left for one more prompt")
             return [], torch.zeros(0), torch.zeros(0), False
+        before = self.scorer.pairs_scored
         logprobs = self.scorer.score(fitting, [e.text for e in examples])
+        self.bar.update(self.scorer.pairs_scored - before)
+        self.bar.set_postfix(best_dev=f"{self.best_dev:.3f}" if self.best_dev >= 0 else "-")
         reward, acc = classification_reward(logprobs, torch.tensor([e.label for e in examples]))
         return fitting, reward, acc, len(fitting) < len(prompts)
 
@@ -177,6 +186,7 @@ class PromptSearch:
             self.score_dev([prompt])
             record = self.leaderboard.records[prompt]
         wall_s = time.perf_counter() - self.start
+        self.bar.close()
         return MethodResult(
             method=method, prompt=prompt, prompt_tokens=prompt_tokens(self.ctx.task_tokenizer, prompt),
             dev_acc=float(record.dev_acc), test_acc=score_test(self.ctx, prompt),

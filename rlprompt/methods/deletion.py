@@ -33,7 +33,7 @@ def run(ctx: MethodContext) -> MethodResult:
                         "pass --method-option deletion.prompt=...")
     tolerance, max_span = option(ctx, "tolerance", 0.0), option(ctx, "max_span", 2)
     min_words = max(1, option(ctx, "min_words", 1))
-    search = PromptSearch(ctx, dev_reserve=0)
+    search = PromptSearch(ctx, dev_reserve=0, desc="deletion")
     try:
         (start_acc, _), = search.score_dev([start], note=False)
     except BudgetExhausted:

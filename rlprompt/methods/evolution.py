@@ -68,7 +68,7 @@ def run(ctx: MethodContext) -> MethodResult:
     seeds = [p for p in [ctx.task.manual_prompt] + option(ctx, "init_prompts", "").split("|") if p.strip()]
     seeds = seeds or [""]  # no manual prompt: grow from the empty prompt by insertions
     vocab = word_vocab(seeds + [e.text for e in ctx.task.train])
-    search = PromptSearch(ctx)
+    search = PromptSearch(ctx, desc="evo")
 
     population = list(dict.fromkeys(seeds))
     for _ in range(50 * pop_size):

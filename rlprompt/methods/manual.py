@@ -10,5 +10,5 @@ from rlprompt.methods.budget import PromptSearch, option
 def run(ctx: MethodContext) -> MethodResult:
     """Score the manual prompt (or option `prompt`) on dev and test."""
     prompt = option(ctx, "prompt", "") or ctx.task.manual_prompt
-    search = PromptSearch(ctx, dev_reserve=0)
+    search = PromptSearch(ctx, dev_reserve=0, desc="manual")
     return search.finish("manual", prompt=prompt)

@@ -66,7 +66,7 @@ def run(ctx: MethodContext) -> MethodResult:
     import train  # the CLI's build pieces (the repository root is on sys.path for the CLIs and tests)
     from rlprompt.models import load_lm, pick_device
 
-    search = PromptSearch(ctx)
+    search = PromptSearch(ctx, desc="rl", bar=False)  # the Trainer shows its own bar
     out_dir = ctx.options.get("out_dir")
     with tempfile.TemporaryDirectory(prefix="rlprompt-rl-") as tmp:
         run_dir = Path(out_dir) if out_dir else Path(tmp)
