@@ -124,11 +124,14 @@ def plot_curves(results: list[MethodResult], budget: int, path: Path, title: str
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+    styles = ["-", "--", "-.", ":"]
+    for i, r in enumerate(results):
         points = sorted(r.curve) or [(r.pairs_scored, r.dev_acc)]
         xs, ys = [p for p, _ in points], [100 * a for _, a in points]
-        line, = ax.step(xs + [r.pairs_scored], ys + [ys[-1]], where="post", label=r.method)
-        ax.plot([r.pairs_scored], [100 * r.dev_acc], "o", color=line.get_color())
+        line, = ax.step(xs + [max(r.pairs_scored, xs[-1])], ys + [ys[-1]], where="post", label=r.method,
+                        linestyle=styles[i % len(styles)], linewidth=1.6)
+        ax.plot(xs, ys, ".", color=line.get_color())
+        ax.plot([r.pairs_scored], [100 * r.dev_acc], "o", color=line.get_color())  # the final selection
     ax.axvline(budget, color="grey", linestyle=":", linewidth=1, label="budget")
     ax.set_xlabel("(prompt, example) pairs scored")
     ax.set_ylabel("best dev accuracy so far (%)")

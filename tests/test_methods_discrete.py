@@ -141,6 +141,7 @@ def test_clean_instruction_makes_one_short_line():
         "\n\n  Rate the movie review as great or terrible": "Rate the movie review as great or terrible",
         "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen x y":
             "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen",
+        'The output was " very short and very short.': "The output was very short and very short.",
         "Instruction:": "",
         "\n\n": "",
     }

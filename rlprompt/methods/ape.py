@@ -46,6 +46,8 @@ def clean_instruction(text: str, max_words: int = 16) -> str:
         line = sentence.group(1)
     words = line.split()[:max_words]
     line = " ".join(words).strip("\"'`*").strip()
+    if line.count('"') % 2:  # a quote opened and never closed
+        line = " ".join(line.replace('"', " ").split())
     return line if len(line) >= 3 else ""
 
 
@@ -54,11 +56,11 @@ class InstructionWriter:
     under its seed: every call forks the RNG and seeds it with (seed, call number)."""
 
     def __init__(self, model, tokenizer, seed: int = 13, max_new_tokens: int = 32,
-                 temperature: float = 0.9, top_p: float = 0.95, max_words: int = 16):
+                 temperature: float = 0.9, top_p: float = 0.95, max_words: int = 16, cpu_threads: int = 1):
         self.model, self.tokenizer = model, tokenizer
         self.seed, self.calls = seed, 0
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.max_words = max_words
+        self.max_words, self.cpu_threads = max_words, cpu_threads
 
     def _chat_ids(self, message: str) -> list[int]:
         chat = [{"role": "user", "content": message}]
@@ -79,12 +81,19 @@ class InstructionWriter:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         device = next(self.model.parameters()).device
         self.calls += 1
+        threads = torch.get_num_threads()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed * 100_003 + self.calls)
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                                      temperature=self.temperature, top_p=self.top_p,
-                                      max_new_tokens=self.max_new_tokens, num_return_sequences=n_each,
-                                      pad_token_id=pad)
+            if device.type == "cpu":
+                # Decoding is many tiny ops: on a busy CPU a second OpenMP thread made it 5-8x slower.
+                torch.set_num_threads(self.cpu_threads)
+            try:
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                          do_sample=True, temperature=self.temperature, top_p=self.top_p,
+                                          max_new_tokens=self.max_new_tokens, num_return_sequences=n_each,
+                                          pad_token_id=pad)
+            finally:
+                torch.set_num_threads(threads)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         cleaned = [clean_instruction(t, self.max_words) for t in texts]
         return [cleaned[i * n_each:(i + 1) * n_each] for i in range(len(messages))]
@@ -111,7 +120,8 @@ def load_writer(ctx: MethodContext) -> InstructionWriter:
 
         model, tokenizer = load_lm(ctx.policy_model, ctx.device, "fp32")
     return InstructionWriter(model, tokenizer, ctx.seed, max_new_tokens=option(ctx, "max_new_tokens", 32),
-                             temperature=option(ctx, "temperature", 0.9), max_words=option(ctx, "max_words", 16))
+                             temperature=option(ctx, "temperature", 0.9), max_words=option(ctx, "max_words", 16),
+                             cpu_threads=option(ctx, "cpu_threads", 1))
 
 
 def prune(records: list[PromptRecord], keep_frac: float) -> list[PromptRecord]:
@@ -126,7 +136,7 @@ def run(ctx: MethodContext) -> MethodResult:
 
     Options: pool_size (10), keep_frac (0.5), n_induce (8), n_demos (6), dev_per_round (1),
     max_rounds (1000), init_prompts (a '|'-separated list added to the initial pool), and the writer's
-    max_new_tokens (32), temperature (0.9), max_words (16).
+    max_new_tokens (32), temperature (0.9), max_words (16), cpu_threads (1: CPU threads while generating).
     """
     pool_size, keep_frac = option(ctx, "pool_size", 10), option(ctx, "keep_frac", 0.5)
     dev_per_round, max_rounds = option(ctx, "dev_per_round", 1), option(ctx, "max_rounds", 1000)
