@@ -3,6 +3,10 @@
     python evaluate.py --task sst2 --prompt "Absolutely fantastic movie review" --prompt "..."
     python evaluate.py --run runs/<name>              # the run's best prompts, on the run's task and model
     python evaluate.py --task sst2 --prompts-file prompts.txt --splits dev --limit 20
+    python evaluate.py --run runs/<name> --sample 50  # sample 50 prompts from the trained policy, best first
+    python evaluate.py --run runs/<name> --plot       # the run's curves as a PNG (and report.md)
+    python evaluate.py --train my.csv --test my_test.csv --labels bad,good --verbalizers " bad"," good" \\
+        --template "Review: {sentence} {prompt} Verdict:" --prompt "..."   # a task of your own
     python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096   # methods side by side
 """
 
@@ -13,34 +17,30 @@ import json
 import sys
 from pathlib import Path
 
-from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
+from rlprompt.tasks import spec_from_flags
 
-DEFAULTS = {"task": "sst2", "seed": 13, "task_model": "smollm2-135m", "dtype": "auto",
-            "data_dir": None, "template": None, "verbalizers": None}
-# evaluate.py flag -> the key train.py writes in the run's config.json
-RUN_KEYS = {"task": "task", "seed": "seed", "task_model": "task_model", "dtype": "task_dtype",
-            "data_dir": "data_dir", "template": "template", "verbalizers": "verbalizers"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error of the CLI
-        raise UserError(message)
+MODEL_DEFAULTS = {"task_model": "smollm2-135m", "dtype": "auto"}
+TASK_FLAGS = ("task", "task_file", "train")  # any of these: score on that task instead of the run's
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    from rlprompt.config import TaskArgs, add_arguments
+
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--task", help="task preset: sst2, mr or agnews (default: the run's, else sst2)")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt to score (repeat the flag for more)")
     p.add_argument("--prompts-file", action="append", default=[], metavar="FILE",
                    help="a UTF-8 text file with one prompt per line (blank lines skipped)")
     p.add_argument("--run", metavar="DIR", help="a train.py run folder: score the best prompts of its "
-                   "prompts.json; its config.json gives the defaults of the flags below")
+                   "prompts.json on the run's task with the run's task model (unless flags say otherwise)")
     p.add_argument("--top-k", type=int, default=5, help="how many of the run's prompts (default 5)")
-    p.add_argument("--data-dir", help="folder of the few-shot data (default $RLPROMPT_DATA or ../shared/data)")
-    p.add_argument("--seed", type=int, help="16-shot split: 13, 21, 42, 87 or 100 (default 13)")
+    p.add_argument("--sample", type=int, metavar="N", help="with --run: sample N distinct prompts from the "
+                   "trained policy (greedy first), score them and list them best first")
+    p.add_argument("--plot", action="store_true", help="with --run: write the run's curves.png (and "
+                   "report.md when the run finished), then exit")
     p.add_argument("--task-model", help="task LM: embedded name, local path or HF id (default smollm2-135m)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"],
                    help="task LM precision (default auto: bf16 where the hardware runs it fast, else fp32)")
@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N examples of each split, for quick checks "
                    "(the 16-shot files are sorted by label: a small N may hold one class only)")
     p.add_argument("--out", help="results JSON (default: results.json in --run, else ./eval_results.json)")
-    p.add_argument("--template", help="template with {sentence} and {prompt} (default: the preset's)")
-    p.add_argument("--verbalizers", help='comma-separated, one token each, e.g. " terrible"," great"')
-    p.add_argument("--allow-download", action="store_true", help="allow fetching models from the HF hub")
+    p.add_argument("--allow-download", action="store_true", help="allow fetching models or datasets from the HF hub")
+    add_arguments(p.add_argument_group("task (default: the run's task, else sst2)"), TaskArgs)
+    p.set_defaults(seed=None)
     g = p.add_argument_group("method comparison (rlprompt/compare.py)")
     g.add_argument("--compare", metavar="METHODS", help="comma-separated methods to run side by side under "
                    "one pair budget, e.g. manual,rl,ape,evo,deletion; --out is then a folder "
@@ -63,17 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--policy-model", default="smollm2-135m",
                    help="LM that writes or rewrites prompts (APE, RL) (default smollm2-135m)")
     return p
-
-
-def parse_verbalizers(text: str | None) -> list[str] | None:
-    """' terrible, great' or '" terrible"," great"' -> [' terrible', ' great'] (quotes removed, spaces kept)."""
-    if not text:
-        return None
-    words = []
-    for w in text.split(","):
-        s = w.strip()
-        words.append(s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'" else w)
-    return words
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -98,11 +87,27 @@ def read_prompts_file(path: str) -> list[str]:
     return prompts
 
 
-def read_run(run_dir: str, top_k: int) -> tuple[list[str], dict]:
-    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {})."""
+def read_run(run_dir: str, top_k: int, need_prompts: bool = True) -> tuple[list[str], dict]:
+    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {}).
+    Without `need_prompts`, a run that has no prompts.json yet (interrupted) gives no prompts."""
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError(f"run folder not found: {root}")
+    if not need_prompts and not (root / "prompts.json").exists():
+        rows = None
+    else:
+        rows = _read_prompts_json(root)
+    config = {}
+    if (root / "config.json").is_file():
+        try:
+            config = json.loads(_read_text(root / "config.json", "config.json of the run"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        config = config if isinstance(config, dict) else {}
+    return [r["prompt"] for r in (rows or [])[:top_k]], config
+
+
+def _read_prompts_json(root: Path) -> list[dict]:
     try:
         rows = json.loads(_read_text(root / "prompts.json", "prompts.json of the run"))
     except json.JSONDecodeError as e:
@@ -112,23 +117,17 @@ def read_run(run_dir: str, top_k: int) -> tuple[list[str], dict]:
         raise UserError(f"{root / 'prompts.json'}: expected a list of objects with a \"prompt\" string")
     if not rows:
         raise UserError(f"{root / 'prompts.json'} holds no prompts")
-    config = {}
-    if (root / "config.json").is_file():
-        try:
-            config = json.loads(_read_text(root / "config.json", "config.json of the run"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        config = config if isinstance(config, dict) else {}
-    return [r["prompt"] for r in rows[:top_k]], config
+    return rows
 
 
-def collect_prompts(args, run_prompts: list[str], manual: str) -> list[tuple[str, str]]:
-    """(source, prompt) rows: the two baselines first, then the given prompts; duplicates dropped."""
-    rows = [("no prompt", ""), ("manual prompt", manual)]
+def collect_prompts(args, run_prompts: list[str], manual: str, sampled: list[str] = ()) -> list[tuple[str, str]]:
+    """(source, prompt) rows: the baselines first, then the given prompts; duplicates dropped."""
+    rows = [("no prompt", "")] + ([("manual prompt", manual)] if manual else [])
     rows += [("prompt", p) for p in args.prompt]
     for f in args.prompts_file:
         rows += [(f"file {f}", p) for p in read_prompts_file(f)]
     rows += [(f"run #{i + 1}", p) for i, p in enumerate(run_prompts)]
+    rows += [(f"sample #{i + 1}", p) for i, p in enumerate(sampled)]
     seen, out = set(), []
     for source, prompt in rows:
         if prompt not in seen:
@@ -158,38 +157,95 @@ def write_json(path: Path, data: dict) -> None:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def run_task_spec(args, run_dir: str | None, run_config: dict):
+    """The TaskSpec to score on: the flags' task when they name one, else the run's, else sst2.
+    Field flags (template, verbalizers, dev, test, ...) override either."""
+    from rlprompt.config import TaskArgs
+    from rlprompt.tasks import TaskSpec
+
+    flags = {f: getattr(args, f) for f in TaskArgs.__dataclass_fields__ if f != "save_task"}
+    if run_dir and not any(flags[f] for f in TASK_FLAGS):
+        task_yaml = Path(run_dir) / "task.yaml"
+        if task_yaml.is_file():
+            fields = {k: v for k, v in flags.items() if k not in TASK_FLAGS + ("data_dir", "seed")}
+            return spec_from_flags(task_file=str(task_yaml), **fields)
+        # a run from before task.yaml existed: its config.json holds the task flags
+        flags = {k: (flags[k] if flags[k] is not None else run_config.get(k)) for k in flags}
+    return spec_from_flags(**{k: v for k, v in flags.items() if k not in ("data_dir", "seed")})
+
+
+def plot_run(run_dir: str) -> int:
+    """evaluate.py --run DIR --plot: the curves PNG (and report.md for a finished run)."""
+    from rlprompt.report import CURVES_PNG, plot_curves, run_history, write_run_report
+
+    root = Path(run_dir)
+    history = run_history(root)
+    if (root / "summary.json").is_file() and (root / "prompts.json").is_file():
+        summary = json.loads(_read_text(root / "summary.json", "summary.json of the run"))
+        write_run_report(root, summary, _read_prompts_json(root), history)
+        print(f"wrote {root / CURVES_PNG} and {root / 'report.md'}")
+    else:
+        plot_curves(history, root / CURVES_PNG, title=f"{root.name} (unfinished)")
+        print(f"wrote {root / CURVES_PNG}")
+    return 0
+
+
 def evaluate(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.sample is not None and args.sample < 1:
+        raise UserError(f"--sample must be at least 1, got {args.sample}")
+    if (args.sample or args.plot) and not args.run:
+        raise UserError("--sample and --plot need --run DIR (a train.py run folder)")
     splits = list(dict.fromkeys(s.strip() for s in args.splits.split(",") if s.strip()))
     if not splits or any(s not in ("train", "dev", "test") for s in splits):
         raise UserError(f"--splits {args.splits!r}: use a comma-separated list of train, dev, test")
+    if args.run and not Path(args.run).is_dir():
+        raise UserError(f"run folder not found: {args.run}")
+    if args.plot:
+        return plot_run(args.run)
 
-    run_prompts, run_config = read_run(args.run, args.top_k) if args.run else ([], {})
-    for flag, key in RUN_KEYS.items():  # explicit flag, else the run's setting, else the default
-        if getattr(args, flag) is None:
-            setattr(args, flag, run_config.get(key, DEFAULTS[flag]))
+    run_prompts, run_config = read_run(args.run, args.top_k, need_prompts=not args.sample) \
+        if args.run else ([], {})
+    for flag, key in (("task_model", "task_model"), ("dtype", "task_dtype")):
+        if getattr(args, flag) is None:  # explicit flag, else the run's setting, else the default
+            setattr(args, flag, run_config.get(key, MODEL_DEFAULTS[flag]))
+    args.seed = args.seed if args.seed is not None else run_config.get("seed", 13)
+
+    spec = run_task_spec(args, args.run, run_config)
+    if args.save_task:
+        spec.to_file(args.save_task)
+        print(f"task saved to {args.save_task} (reuse it with --task-file {args.save_task})")
+    task = spec.load(args.data_dir, args.seed, args.allow_download)
+    for note in task.notes:
+        print(f"note: {note}")
     if args.compare is not None:
         from rlprompt.compare import compare_from_args
 
-        return compare_from_args(args, sys.argv[1:] if argv is None else list(argv))
-
-    from rlprompt.tasks import load_task, validate_template
-
-    if args.template is not None:
-        validate_template(args.template)
-    task = load_task(args.task, args.data_dir, args.seed, template=args.template,
-                     verbalizers=parse_verbalizers(args.verbalizers))
-    prompts = collect_prompts(args, run_prompts, task.manual_prompt)
-    data = {s: task.split(s)[:args.limit] for s in splits}
+        return compare_from_args(args, task, sys.argv[1:] if argv is None else list(argv))
+    missing = [s for s in splits if not task.split(s)]
+    if missing:
+        raise UserError(f"task {task.name!r} has no {missing[0]} examples; pass --{missing[0]} FILE or "
+                        "choose --splits among the splits it has")
 
     quiet_transformers()
     from rlprompt.evaluation import evaluate_prompts
     from rlprompt.models import dtype_name, load_lm
     from rlprompt.scorer import build_scorer
+
+    sampled = []
+    if args.sample:
+        from rlprompt.generate import load_policy, sample_prompts
+
+        policy = load_policy(args.run, args.device, args.allow_download)
+        sampled = sample_prompts(policy, args.sample, seed=args.seed)
+        del policy
+        print(f"sampled {len(sampled)} distinct prompts from the policy of {args.run}")
+    prompts = collect_prompts(args, run_prompts, task.manual_prompt, sampled)
+    data = {s: task.split(s)[:args.limit] for s in splits}
 
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)
     scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
@@ -199,10 +255,14 @@ def evaluate(argv=None) -> int:
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 
     texts = [p for _, p in prompts]
+    scorer.check_fits(texts, [e.text for s in splits for e in data[s]])
     rows = [{"source": source, "prompt": p} for source, p in prompts]
     for s in splits:
         for row, res in zip(rows, evaluate_prompts(scorer, texts, data[s], desc=s)):
             row[f"{s}_acc"], row[f"{s}_n"] = res["accuracy"], res["n"]
+    if sampled:  # the sampled prompts best first (by the first split scored), after the others
+        ranked = sorted((r for r in rows if r["source"].startswith("sample")), key=lambda r: -r[f"{splits[0]}_acc"])
+        rows = [r for r in rows if not r["source"].startswith("sample")] + ranked
     sizes = {s: len(data[s]) for s in splits}
     print_table(rows, splits, sizes)
 

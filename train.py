@@ -18,25 +18,27 @@ import numpy as np
 import torch
 
 from rlprompt.checkpoint import atomic_write_text, load_checkpoint
-from rlprompt.cli import quiet_transformers, run_cli
+from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.config import TrainConfig, add_arguments
 from rlprompt.errors import UserError
 
 # Identity of a run: a resumed run must not change these.
-RUN_IDENTITY = ("task", "data_dir", "seed", "policy_model", "task_model", "task_dtype", "template",
-                "verbalizers", "prompt_length", "prompts_per_step", "policy_start", "init_prompt")
+RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
+                "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
+                "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
+                "policy_start", "init_prompt")
+TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
     """Flags -> (config, checkpoint state or None). With --resume the run's saved config is used;
     flags given explicitly may change the budget or device but not the run's identity."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
     if not args["resume"]:
         return TrainConfig(**args), None
-    explicit_parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    explicit_parser = OneLineArgumentParser(argument_default=argparse.SUPPRESS)
     add_arguments(explicit_parser)
     for action in explicit_parser._actions:
         action.default = argparse.SUPPRESS
@@ -53,9 +55,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
     return TrainConfig(**merged), state
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
+def make_run_dir(cfg: TrainConfig, task_name: str) -> Path:
     """The run folder (created); a UserError when it cannot be written."""
-    run_dir = Path(cfg.out or f"runs/{cfg.task}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(cfg.out or f"runs/{task_name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -73,19 +75,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(cfg: TrainConfig):
-    """Task, task-LM scorer, policy and the train/dev environments of a config."""
+def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
+    """(TaskSpec with paths resolved, Task): the resumed run's task.yaml, else the one the flags name."""
+    from rlprompt.tasks import TaskSpec
+
+    if resume_dir is not None and (resume_dir / TASK_FILE).is_file():
+        spec = TaskSpec.from_file(resume_dir / TASK_FILE)
+    else:
+        spec = cfg.task_spec().resolved(cfg.data_dir, cfg.seed)
+    return spec, spec.load(cfg.data_dir, cfg.seed, cfg.allow_download)
+
+
+def build(cfg: TrainConfig, task):
+    """Task-LM scorer, policy and the train/dev environments of a config and its task."""
     from rlprompt.models import load_lm, pick_device
-    from rlprompt.scorer import CachedScorer
-    from rlprompt.tasks import load_task
+    from rlprompt.scorer import build_scorer
 
     device = pick_device(cfg.device)
-    task = load_task(cfg.task, cfg.data_dir, cfg.seed, cfg.template, cfg.verbalizer_list())
     task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
-    scorer = CachedScorer(task_model, task_tok, task.template, task.verbalizers)
+    scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
     policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
     policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, scorer, task)
-    return task, scorer, policy, train_env, dev_env
+    return scorer, policy, train_env, dev_env
 
 
 def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):
@@ -103,13 +114,16 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
 
 
 def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
-    """Score the best prompts (and the baselines) on test; write prompts.json and summary.json."""
+    """Score the best prompts (and the baselines) on test; write prompts.json, summary.json,
+    history.json, the curves PNG and report.md."""
     from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.models import dtype_name
+    from rlprompt.report import write_run_report
 
     best = trainer.leaderboard.best(cfg.top_prompts)
-    baselines = {"manual prompt": task.manual_prompt, "no prompt": ""}
+    baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
     test = {}
-    if not cfg.skip_test:
+    if not cfg.skip_test and task.test:
         texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
         test = {row["prompt"]: row["accuracy"] for row in evaluate_prompts(scorer, texts, task.test)}
         for r in best[:3]:
@@ -118,14 +132,20 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
     rows = [dataclasses.asdict(r) for r in best]
     atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
     summary = {
-        "task": cfg.task, "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
+        "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
+        "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
         "wall_s": round(wall_s, 1), "skipped_steps": trainer.skipped_steps,
+        "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
+        "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
+        "pairs_scored": scorer.pairs_scored,
         "best_prompt": rows[0] if rows else None,
         "baselines": [{"name": n, "prompt": p, "dev_acc": float(dev[p]), "test_acc": test.get(p)}
                       for n, p in baselines.items()],
         "config": dataclasses.asdict(cfg),
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
+    write_run_report(run_dir, summary, rows, trainer.history)
     return summary
 
 
@@ -140,18 +160,24 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
     for b in summary["baselines"]:
         label = f"[{b['name']}] {b['prompt']}"[:50]
         print(f"{label:<50} {pct(b['dev_acc']):>7} {pct(b['test_acc']):>7}")
-    print(f"run saved in {run_dir} (prompts.json, summary.json, checkpoint.pt, TensorBoard logs)")
+    print(f"run saved in {run_dir}: report.md, curves.png, prompts.json, summary.json, checkpoint.pt, "
+          "TensorBoard logs")
 
 
 def main(argv=None) -> int:
     cfg, state = parse_args(argv)
     quiet_transformers()
-    run_dir = make_run_dir(cfg)
+    spec, task = load_run_task(cfg, Path(cfg.resume) if cfg.resume else None)
+    for note in task.notes:
+        print(f"note: {note}")
+    run_dir = make_run_dir(cfg, task.name)
+    if cfg.save_task:
+        cfg.task_spec().to_file(cfg.save_task)
+        print(f"task saved to {cfg.save_task} (reuse it with --task-file {cfg.save_task})")
     seed_everything(cfg.seed)
-    task, scorer, policy, train_env, dev_env = build(cfg)
-    if state is not None and state["config"]["task"] != cfg.task:
-        raise UserError("checkpoint belongs to another task")
+    scorer, policy, train_env, dev_env = build(cfg, task)
     atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    spec.to_file(run_dir / TASK_FILE)
 
     from torch.utils.tensorboard import SummaryWriter
 

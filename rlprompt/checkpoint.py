@@ -60,7 +60,7 @@ def load_checkpoint(run_dir: Path) -> dict:
     """Read run_dir/checkpoint.pt; a UserError names a missing or unreadable file."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise UserError(f"no checkpoint to resume from: {path} does not exist")
+        raise UserError(f"no checkpoint in {path.parent}: {path.name} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a truncated or foreign file

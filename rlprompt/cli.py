@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -19,7 +20,8 @@ def one_line(message: object) -> str:
 
 
 def run_cli(main) -> int:
-    """Run main(); a UserError becomes `error: <message>` (one line) on stderr and exit code 2."""
+    """Run main(); a UserError becomes `error: <message>` (one line) on stderr and exit code 2;
+    Ctrl-C outside the training loop (which saves and exits by itself) exits 130 without a traceback."""
     from rlprompt.errors import UserError
 
     try:
@@ -27,3 +29,15 @@ def run_cli(main) -> int:
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors (unknown flag, bad value) are UserErrors: one `error:` line."""
+
+    def error(self, message):
+        from rlprompt.errors import UserError
+
+        raise UserError(f"{message} (see --help)")

@@ -3,7 +3,7 @@
     python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096
 
 Every module of the rlprompt.methods package is imported, so every registered method (discrete ones
-here, soft ones wherever they are added) can be named. Each method gets a fresh CachedScorer on the
+here, soft ones wherever they are added) can be named. Each method gets a fresh scorer (`build_scorer`) on the
 same task LM (no memo shared between methods) and the same seed. The results go to
 comparison.json, comparison.md and comparison.png (best dev accuracy against pairs scored) in the
 output folder, rewritten after every method so a long comparison leaves partial results.
@@ -69,7 +69,7 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
                    out_dir: Path | None = None, options: dict | None = None, policy_model: str = "smollm2-135m",
                    device: str = "auto", progress: bool = True, meta: dict | None = None) -> list[MethodResult]:
     """Run each method under `budget` pairs; write comparison.{json,md,png} to `out_dir` after each one."""
-    from rlprompt.scorer import CachedScorer
+    from rlprompt.scorer import build_scorer
     from train import seed_everything
 
     options = options or {}
@@ -78,7 +78,7 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
         opts = {**options.get("*", {}), **options.get(name, {}), "progress": progress}
         if out_dir is not None:
             opts["out_dir"] = str(Path(out_dir) / name)
-        scorer = CachedScorer(task_model, task_tokenizer, task.template, task.verbalizers)
+        scorer = build_scorer(task_model, task_tokenizer, task.template, task.verbalizers)
         ctx = MethodContext(task=task, task_model=task_model, task_tokenizer=task_tokenizer, scorer=scorer,
                             pair_budget=budget, seed=seed, policy_model=policy_model, device=device, options=opts)
         seed_everything(seed)
@@ -163,23 +163,21 @@ def write_outputs(out_dir: Path, results: list[MethodResult], budget: int, meta:
         raise UserError(f"cannot write the comparison to {out_dir}: {e.strerror or e}") from None
 
 
-def compare_from_args(args, argv: list[str]) -> int:
-    """evaluate.py --compare: load the task and task LM once, run the methods, print and write the table."""
-    if args.prompt or args.prompts_file or args.run:
-        raise UserError("--compare does not take --prompt, --prompts-file or --run; load a train.py run "
-                        "as the RL row with --method-option rl.run=DIR")
+def compare_from_args(args, task, argv: list[str]) -> int:
+    """evaluate.py --compare on a loaded task: load the task LM once, run the methods, print and write."""
+    if args.prompt or args.prompts_file or args.run or args.sample:
+        raise UserError("--compare does not take --prompt, --prompts-file, --run or --sample; load a "
+                        "train.py run as the RL row with --method-option rl.run=DIR")
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1 pair, got {args.budget}")
     names = resolve_methods([m.strip() for m in args.compare.split(",") if m.strip()])
     options = parse_method_options(args.method_option)
+    if not task.train or not task.dev:
+        raise UserError(f"task {task.name!r} needs train and dev examples for --compare")
 
-    from evaluate import parse_verbalizers
     from rlprompt.cli import quiet_transformers
     from rlprompt.models import dtype_name, load_lm
-    from rlprompt.tasks import load_task
 
-    task = load_task(args.task, args.data_dir, args.seed, template=args.template,
-                     verbalizers=parse_verbalizers(args.verbalizers))
     if args.limit:
         task.test = task.test[:args.limit]
     quiet_transformers()
@@ -189,8 +187,9 @@ def compare_from_args(args, argv: list[str]) -> int:
     out_dir = Path(args.out or f"runs/compare__{task.name}__{args.seed}")
     meta = {"task": task.name, "seed": args.seed, "task_model": args.task_model, "dtype": dtype,
             "device": device, "policy_model": args.policy_model, "template": task.template,
-            "verbalizers": task.verbalizers, "test_n": len(task.test), "methods": names,
-            "command": "python evaluate.py " + " ".join(shlex.quote(a) for a in argv)}
+            "verbalizers": task.verbalizers, "examples": {"train": len(task.train), "dev": len(task.dev),
+                                                          "test": len(task.test)},
+            "methods": names, "command": "python evaluate.py " + " ".join(shlex.quote(a) for a in argv)}
     print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {dtype} on {device} | "
           f"budget {args.budget} pairs per method | methods {', '.join(names)}")
     results = run_comparison(task, model, tokenizer, names, args.budget, args.seed, out_dir, options,

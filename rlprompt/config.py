@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rlprompt.errors import UserError
+from rlprompt.tasks import NEW_TASK_TEMPLATE, TaskSpec, spec_from_flags
 
 
 def _f(default, help: str, **kw):
@@ -14,16 +15,45 @@ def _f(default, help: str, **kw):
 
 
 @dataclass
-class TrainConfig:
-    task: str = _f("sst2", "task preset: sst2, mr or agnews")
+class TaskArgs:
+    """Which task: a preset, a task file, or the user's own data files, with any field overridden."""
+
+    task: str | None = _f(None, "task preset (sst2, mr, agnews) or a task file (.yaml/.json); default "
+                          "sst2, unless --train names data of your own")
+    task_file: str | None = _f(None, "a task file (YAML/JSON) saved earlier with --save-task")
     data_dir: str | None = _f(None, "folder of the few-shot data (default $RLPROMPT_DATA or ../shared/data)")
-    seed: int = _f(13, "16-shot split (13, 21, 42, 87, 100) and the random seed of the run")
+    seed: int = _f(13, "16-shot split of the presets (13, 21, 42, 87, 100) and the random seed of the run")
+    train: str | None = _f(None, "train data of your own task: .csv, .tsv or .jsonl (hf:NAME@SPLIT online)")
+    dev: str | None = _f(None, "dev data (default: a stratified share of --train)")
+    test: str | None = _f(None, "test data (default: none, test accuracy not reported)")
+    text_column: str | None = _f(None, "column holding the input text (default: sentence/text/review/...)")
+    label_column: str | None = _f(None, "column holding the label (default: label/class/stars/...)")
+    labels: str | None = _f(None, "comma-separated label names in the data, e.g. bad,good (default: "
+                            "the distinct labels of --train)")
+    verbalizers: str | None = _f(None, 'one token per label, comma-separated, e.g. " terrible"," great" '
+                                 "(default: the preset's, else the label names)")
+    template: str | None = _f(None, "template with {sentence} and {prompt} (default: the preset's, else "
+                              f"{NEW_TASK_TEMPLATE!r})")
+    manual_prompt: str | None = _f(None, "the hand-written prompt shown as a baseline")
+    dev_fraction: float | None = _f(None, "share of each class split off --train as dev when no --dev (0.2)")
+    save_task: str | None = _f(None, "also write the task as a reusable task file (.yaml or .json)")
+
+    def task_spec(self) -> TaskSpec:
+        """The TaskSpec these flags describe."""
+        return spec_from_flags(self.task, self.task_file, self.train, dev=self.dev, test=self.test,
+                               text_column=self.text_column, label_column=self.label_column,
+                               labels=self.labels, verbalizers=self.verbalizers, template=self.template,
+                               manual_prompt=self.manual_prompt, dev_fraction=self.dev_fraction)
+
+
+@dataclass
+class TrainConfig(TaskArgs):
+    """A training run: the task flags plus the models, the budget and the RL settings."""
+
     policy_model: str = _f("smollm2-135m", "policy LM: embedded name, local path or HF id")
     task_model: str = _f("smollm2-135m", "task LM that scores prompts: embedded name, local path or HF id")
     task_dtype: str = _f("auto", "task LM precision for scoring: auto (bf16 on GPUs and CPUs with "
                          "AVX512-BF16/AMX, else fp32), bf16, fp16 or fp32")
-    template: str | None = _f(None, "task template with {sentence} and {prompt} (default: the preset's)")
-    verbalizers: str | None = _f(None, 'comma-separated, one token each, e.g. " terrible"," great"')
     prompt_length: int = _f(5, "tokens per prompt")
     steps: int = _f(240, "policy-gradient steps (the budget)")
     prompts_per_step: int = _f(16, "prompts sampled and scored per step")
@@ -60,26 +90,16 @@ class TrainConfig:
         if self.eval_every < 1 or self.checkpoint_every < 1:
             raise UserError("--eval-every and --checkpoint-every must be at least 1")
 
-    def verbalizer_list(self) -> list[str] | None:
-        """--verbalizers parsed: comma-separated, surrounding double quotes removed, spaces kept."""
-        if not self.verbalizers:
-            return None
-        words = []
-        for w in self.verbalizers.split(","):
-            s = w.strip()
-            words.append(s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'" else w)
-        return words
 
-
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One --flag per dataclass field, its help the field's help line."""
-    for f in dataclasses.fields(cls):
+def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
+    """One --flag per dataclass field (of TrainConfig by default), its help the field's help line."""
+    for f in dataclasses.fields(cls or TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(flag, type=kind, default=f.default, help=help_)
 
 

@@ -134,12 +134,20 @@ def resolve_model_path(name: str) -> str:
 
 
 def is_masked_lm(name_or_path: str, allow_download: bool = False) -> bool:
-    """True when the model's config describes an encoder-only masked LM (BERT, RoBERTa, …)."""
+    """True when the model's config describes a masked LM (BERT, RoBERTa, …): its architectures name
+    a *ForMaskedLM class, or, with none named, its type has a masked-LM head and no causal one."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
     config = AutoConfig.from_pretrained(name_or_path, local_files_only=not allow_download)
-    return not getattr(config, "is_decoder", False) and config.model_type in {
-        "bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert",
-        "xlm-roberta", "camembert", "modernbert",
-    }
+    if getattr(config, "is_decoder", False):
+        return False
+    if config.architectures:
+        return any(a.endswith("ForMaskedLM") for a in config.architectures)
+    return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,

@@ -100,6 +100,15 @@ class _BaseScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_fits(self, prompts: list[str], sentences: list[str]) -> None:
+        """Raise a UserError, before any scoring, for a prompt that with the longest input does not
+        fit the task model's context."""
+        if not self.encoder.max_length or not sentences:
+            return
+        longest = max(sentences, key=lambda s: len(self.encoder.encode_prefix(s)) + len(s))
+        for prompt in dict.fromkeys(prompts):
+            self.encoder.encode_pair(prompt, longest)
+
     def _verbalizer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, vocab) logits -> (N, V) full-vocabulary log-probs of the verbalizer tokens, fp32."""
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -240,10 +249,63 @@ class CachedScorer(_BaseScorer):
         return self._verbalizer_logprobs(logits).view(len(prompts), E, -1)
 
 
-def build_scorer(model, tokenizer, template: str, verbalizers: list[str], kind: str = "cached", **kw):
-    """A scorer for a task LM: 'cached' (default) or 'naive'."""
+class MaskedScorer(_BaseScorer):
+    """Scorer for a masked task LM (BERT, RoBERTa, …): the verbalizer is read at a mask token put
+    where a causal LM would write the next token, RLPrompt's `{sentence} {prompt} <mask> .`.
+
+    The model is bidirectional, so the sentence's states depend on the prompt: every pair is one
+    full sequence (no prefix cache); prompts already scored come from a memo.
+    """
+
+    def __init__(self, model, tokenizer, template, verbalizers, max_rows: int = 256):
+        super().__init__(model, tokenizer, template, verbalizers, max_rows)
+        if tokenizer.mask_token is None:
+            raise UserError("the masked task model's tokenizer has no mask token")
+        self.score_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+
+    def text(self, prompt: str, sentence: str) -> str:
+        """The rendered input of a pair, with the mask token where the label is read."""
+        prefix, rest = self.encoder.texts(prompt, sentence)
+        text = (prefix + rest).rstrip()
+        return f"{text} {self.tokenizer.mask_token} ."
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
+        """(P, E, V) verbalizer log-probs at the mask position."""
+        pairs = [(p, s) for p in prompts for s in sentences if (p, s) not in self.score_cache]
+        pairs = list(dict.fromkeys(pairs))
+        for i in range(0, len(pairs), self.max_rows):
+            chunk = pairs[i:i + self.max_rows]
+            enc = self.tokenizer([self.text(p, s) for p, s in chunk], padding=True, return_tensors="pt")
+            if self.encoder.max_length and enc.input_ids.shape[1] > self.encoder.max_length:
+                raise UserError(f"a prompt with its input is {enc.input_ids.shape[1]} tokens, longer than "
+                                f"the task model's context ({self.encoder.max_length})")
+            is_mask = enc.input_ids == self.tokenizer.mask_token_id
+            rows, cols = is_mask.nonzero(as_tuple=True)
+            if len(rows) != len(chunk) or not torch.equal(rows, torch.arange(len(chunk))):
+                raise UserError("each rendered input must hold exactly one mask token; remove mask tokens "
+                                "from the template, prompt and text")
+            logits = self.model(**enc.to(self.device)).logits  # (N, T, vocab)
+            out = self._verbalizer_logprobs(logits[rows.to(logits.device), cols.to(logits.device)])
+            for pair, row in zip(chunk, out):
+                self.score_cache[pair] = row
+            self.pairs_scored += len(chunk)
+        return torch.stack([torch.stack([self.score_cache[(p, s)] for s in sentences]) for p in prompts])
+
+
+def is_masked_model(model) -> bool:
+    """True for a loaded masked-LM model (an encoder with a *ForMaskedLM head)."""
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def build_scorer(model, tokenizer, template: str, verbalizers: list[str], kind: str = "auto", **kw):
+    """A scorer for a task LM: 'auto' (masked for masked LMs, else cached), 'cached', 'naive' or 'masked'."""
+    if kind == "auto":
+        kind = "masked" if is_masked_model(model) else "cached"
+    if kind == "masked":
+        return MaskedScorer(model, tokenizer, template, verbalizers, **kw)
     if kind == "naive":
         return NaiveScorer(model, tokenizer, template, verbalizers, **kw)
     if kind == "cached":
         return CachedScorer(model, tokenizer, template, verbalizers, **kw)
-    raise UserError(f"unknown scorer {kind!r}; use cached or naive")
+    raise UserError(f"unknown scorer {kind!r}; use auto, cached, naive or masked")

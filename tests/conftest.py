@@ -59,3 +59,14 @@ def smollm():
     from rlprompt.models import load_lm
 
     return load_lm("smollm2-135m", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A folder holding a tiny random Llama and the SmolLM2 tokenizer, loadable by path."""
+    from tests.rl_helpers import fresh_tiny_lm
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    fresh_tiny_lm(smol_tokenizer).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path

@@ -76,14 +76,14 @@ def test_compare_writes_one_row_per_method(tiny_lm, tmp_path, soft_stand_in):
 def test_compare_cli_on_smollm(tmp_path, data_dir, capsys):
     out = tmp_path / "cmp"
     rc = evaluate.main(["--task", "sst2", "--data-dir", str(data_dir), "--dtype", "fp32", "--compare",
-                        "manual,deletion", "--budget", "100", "--limit", "8", "--out", str(out),
+                        "manual,deletion", "--budget", "70", "--limit", "4", "--out", str(out),
                         "--method-option", "deletion.max_span=1"])
     assert rc == 0
     data = json.loads((out / "comparison.json").read_text())
-    assert [r["method"] for r in data["results"]] == ["manual", "deletion"] and data["test_n"] == 8
+    assert [r["method"] for r in data["results"]] == ["manual", "deletion"] and data["examples"]["test"] == 4
     manual, deletion = data["results"]
     assert manual["pairs_scored"] == 32 and manual["prompt"] == "Overall, what did the reviewer think of the movie?"
-    assert deletion["pairs_scored"] <= 100 and deletion["extra"]["stop_reason"] in (
+    assert deletion["pairs_scored"] <= 70 and deletion["extra"]["stop_reason"] in (
         "budget spent", "no deletion within tolerance")
     assert deletion["dev_acc"] >= deletion["extra"]["start_dev_acc"]
     assert "--compare manual,deletion" in data["command"]

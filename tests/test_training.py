@@ -87,14 +87,6 @@ def test_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     assert list(second.leaderboard.records) == list(full.leaderboard.records)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    fresh_tiny_lm(smol_tokenizer).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
-
-
 def run_train(args, cwd):
     return subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)

@@ -18,15 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlprompt.config import TrainConfig
+from rlprompt.config import TaskArgs, TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
 from rlprompt.methods.budget import PromptSearch, option, prompt_tokens, score_test
 from rlprompt.trainer import Trainer
 
-# TrainConfig fields the comparison sets itself; every other field may be given as an option.
-FIXED = {"task", "seed", "steps", "policy_model", "device", "out", "resume", "skip_test", "data_dir",
-         "task_model", "task_dtype", "template", "verbalizers"}
+# TrainConfig fields the comparison sets itself (the task flags among them); the others may be options.
+FIXED = {f.name for f in dataclasses.fields(TaskArgs)} | {
+    "steps", "policy_model", "device", "out", "resume", "skip_test", "task_model", "task_dtype"}
 
 
 class _BudgetTrainer(Trainer):

@@ -1,0 +1,148 @@
+"""Nothing lost, reproducible, offline: real signals to real train.py processes, identical reruns,
+non-finite rewards skipped and counted, and no network use unless asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs import PromptClassificationEnv
+from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM
+from tests.test_training import toy_trainer
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 30
+
+
+def train_args(tiny_model_dir, data_dir, out: Path) -> list[str]:
+    return ["--task", "sst2", "--data-dir", str(data_dir), "--policy-model", str(tiny_model_dir),
+            "--task-model", str(tiny_model_dir), "--prompts-per-step", "4", "--steps", str(STEPS),
+            "--eval-every", "5", "--checkpoint-every", "1", "--skip-test", "--out", str(out)]
+
+
+def numbers(run_dir: Path) -> tuple[list, list]:
+    """(prompts.json rows, per-step history without timings) of a finished run."""
+    history = [{k: v for k, v in h.items() if not k.startswith("time/")}
+               for h in json.loads((run_dir / "history.json").read_text())]
+    return json.loads((run_dir / "prompts.json").read_text()), history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    proc = subprocess.run([sys.executable, "train.py", *train_args(tiny_model_dir, data_dir, out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_same_seed_same_numbers(uninterrupted, tiny_model_dir, data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", *train_args(tiny_model_dir, data_dir, tmp_path / "again")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert numbers(tmp_path / "again") == numbers(uninterrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "train.py", *train_args(tiny_model_dir, data_dir, out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"Resume with: python train.py --resume {out}" in err
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert 1 <= saved["step"] < STEPS  # stopped in the middle, the last finished step saved
+    assert not (out / "prompts.json").exists()
+
+    resumed = subprocess.run([sys.executable, "train.py", "--resume", str(out)], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed {out} at step {saved['step']}" in resumed.stdout
+    assert numbers(out) == numbers(uninterrupted)
+
+
+class FlakyTaskLM(ParityTaskLM):
+    """The toy task LM, but every prompt scored on a call listed in `bad_calls` gets NaN log-probs."""
+
+    def __init__(self, tokenizer, bad_calls):
+        super().__init__(tokenizer)
+        self.calls, self.bad_calls = 0, set(bad_calls)
+
+    def score(self, prompts, sentences):
+        out = super().score(prompts, sentences)
+        self.calls += 1
+        return out.fill_(float("nan")) if self.calls in self.bad_calls else out
+
+
+def test_non_finite_rewards_skip_the_step_and_are_counted(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=6)
+    scorer = FlakyTaskLM(smol_tokenizer, bad_calls={2, 3})  # the 2nd and 3rd train steps
+    decode = trainer.train_env.decode
+    trainer.train_env = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, len(smol_tokenizer), 3)
+    before = [p.detach().clone() for p in trainer.policy.adaptor.parameters()]
+    after_first = None
+    for step in range(3):
+        metrics = trainer.train_step()
+        trainer._log(metrics)
+        trainer.step += 1
+        if step == 0:
+            after_first = [p.detach().clone() for p in trainer.policy.adaptor.parameters()]
+    assert trainer.skipped_steps == 2
+    assert [h["charts/skipped_steps"] for h in trainer.history] == [0, 1, 2]
+    assert np.isnan(trainer.history[1]["charts/reward_mean"])
+    assert not all(torch.equal(a, b) for a, b in zip(before, after_first))  # the good step updated
+    for a, p in zip(after_first, trainer.policy.adaptor.parameters()):  # the bad ones did not
+        assert torch.equal(a, p) and torch.isfinite(p).all()
+    assert all(np.isfinite(r.train_reward) for r in trainer.leaderboard.records.values())
+
+
+GUARD = textwrap.dedent("""
+    import runpy, socket, sys
+    attempts = []
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        open(sys.argv[1], "a").write(repr(args[:2]) + "\\n")
+        raise OSError("network use refused by the test")
+    socket.socket.connect = refuse
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+    script, argv = sys.argv[2], sys.argv[3:]
+    sys.argv = [script] + argv
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        sys.exit(e.code)
+""")
+
+
+def guarded(log: Path, script: str, *argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))}
+    return subprocess.run([sys.executable, "-c", GUARD, str(log), script, *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_offline_by_default(tmp_path, data_dir):
+    """The embedded model trains and evaluates with every socket refused; an unknown hub id is a
+    one-line error that names --allow-download, found without trying the network."""
+    log = tmp_path / "attempts.txt"
+    proc = guarded(log, "train.py", "--task", "sst2", "--data-dir", str(data_dir), "--steps", "1",
+                   "--prompts-per-step", "2", "--skip-test", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = guarded(log, "evaluate.py", "--task-model", "nobody/no-such-model", "--data-dir", str(data_dir))
+    assert proc.returncode == 2 and "--allow-download" in proc.stderr, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text()
