@@ -254,6 +254,8 @@ def test_manual_row_scores_dev_and_test_only(smol_tokenizer):
     result = manual.run(ctx)
     assert result.prompt == ctx.task.manual_prompt and result.pairs_scored == len(ctx.task.dev)
     assert result.test_acc is not None and result.extra["train_reward"] is None
+    with pytest.raises(UserError, match="cannot score the prompt on dev"):
+        manual.run(parity_ctx(smol_tokenizer, budget=5))
 
 
 def test_rl_row_derives_its_steps_from_the_budget(smol_tokenizer, tmp_path):

@@ -183,7 +183,11 @@ class PromptSearch:
             prompt = self.leaderboard.best(1)[0].prompt
         record = self.leaderboard.records.get(prompt)
         if record is None or record.dev_acc is None:
-            self.score_dev([prompt])
+            try:
+                self.score_dev([prompt])
+            except BudgetExhausted:
+                raise UserError(f"{method}: pair budget {self.ctx.pair_budget} cannot score the prompt on dev "
+                                f"({len(self.task.dev)} pairs); give a larger --budget") from None
             record = self.leaderboard.records[prompt]
         wall_s = time.perf_counter() - self.start
         self.bar.close()
