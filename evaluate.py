@@ -7,6 +7,7 @@
     python evaluate.py --run runs/<name> --plot       # the run's curves as a PNG (and report.md)
     python evaluate.py --train my.csv --test my_test.csv --labels bad,good --verbalizers " bad"," good" \\
         --template "Review: {sentence} {prompt} Verdict:" --prompt "..."   # a task of your own
+    python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096   # methods side by side
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-download", action="store_true", help="allow fetching models or datasets from the HF hub")
     add_arguments(p.add_argument_group("task (default: the run's task, else sst2)"), TaskArgs)
     p.set_defaults(seed=None)
+    g = p.add_argument_group("method comparison (rlprompt/compare.py)")
+    g.add_argument("--compare", metavar="METHODS", help="comma-separated methods to run side by side under "
+                   "one pair budget, e.g. manual,rl,ape,evo,deletion; --out is then a folder "
+                   "(default runs/compare__<task>__<seed>) and --limit cuts the test set only")
+    g.add_argument("--budget", type=int, default=4096, help="(prompt, example) pairs each method may "
+                   "score on train and dev (default 4096)")
+    g.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method setting, e.g. ape.keep_frac=0.3 or rl.run=runs/<name> (repeat the flag)")
+    g.add_argument("--policy-model", default="smollm2-135m",
+                   help="LM that writes or rewrites prompts (APE, RL) (default smollm2-135m)")
     return p
 
 
@@ -211,6 +222,10 @@ def evaluate(argv=None) -> int:
     task = spec.load(args.data_dir, args.seed, args.allow_download)
     for note in task.notes:
         print(f"note: {note}")
+    if args.compare is not None:
+        from rlprompt.compare import compare_from_args
+
+        return compare_from_args(args, task, sys.argv[1:] if argv is None else list(argv))
     missing = [s for s in splits if not task.split(s)]
     if missing:
         raise UserError(f"task {task.name!r} has no {missing[0]} examples; pass --{missing[0]} FILE or "
