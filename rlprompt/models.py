@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import os
 import shutil
@@ -150,6 +152,20 @@ def is_masked_lm(name_or_path: str, allow_download: bool = False) -> bool:
             and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
+@contextlib.contextmanager
+def hub_offline(offline: bool = True):
+    """Within the block huggingface_hub makes no network call at all (its offline mode), when
+    `offline`. `local_files_only` alone is not enough: building request headers can fetch a registry."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
             dtype: str | torch.dtype = "fp32", allow_download: bool = False):
     """Return (model, tokenizer) for an embedded name, a local path or a HF hub id; frozen, eval mode.
@@ -160,17 +176,18 @@ def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
     LMs with AutoModelForMaskedLM.
     """
     device = pick_device(device) if not isinstance(device, torch.device) else device
-    path = resolve_model_path(name)
     local_only = not allow_download
-    try:
-        masked = is_masked_lm(path, allow_download)
-        cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = cls.from_pretrained(path, dtype=parse_dtype(dtype, device), local_files_only=local_only)
-    except OSError as e:
-        hint = "" if allow_download else " (offline: pass --allow-download to fetch from the hub)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model {name!r}: {first}{hint}") from None
+    with hub_offline(local_only):
+        path = resolve_model_path(name)
+        try:
+            masked = is_masked_lm(path, allow_download)
+            cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+            model = cls.from_pretrained(path, dtype=parse_dtype(dtype, device), local_files_only=local_only)
+        except OSError as e:
+            hint = "" if allow_download else " (offline: pass --allow-download to fetch from the hub)"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load model {name!r}: {first}{hint}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval().requires_grad_(False)

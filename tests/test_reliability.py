@@ -112,11 +112,11 @@ def test_non_finite_rewards_skip_the_step_and_are_counted(smol_tokenizer, tmp_pa
 
 
 GUARD = textwrap.dedent("""
-    import runpy, socket, sys
-    attempts = []
+    import runpy, socket, sys, traceback
+    log = sys.argv[1]
     def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        open(sys.argv[1], "a").write(repr(args[:2]) + "\\n")
+        with open(log, "a") as f:
+            f.write(repr(args[:2]) + "\\n" + "".join(traceback.format_stack(limit=8)))
         raise OSError("network use refused by the test")
     socket.socket.connect = refuse
     socket.create_connection = refuse
