@@ -24,19 +24,26 @@ def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], 
                    progress: bool = True, desc: str | None = None) -> torch.Tensor:
     """(P, E, V) log-probs of every prompt on every example, through `scorer.score` in example chunks.
 
-    The progress bar counts (prompt, example) pairs and advances after each chunk.
+    Examples are scored shortest input first, so each chunk pads to a similar length (test sets mix
+    one-line and paragraph-long inputs), and the result is put back in the examples' order. The
+    progress bar counts (prompt, example) pairs and advances after each chunk.
     """
     prompts, sentences = list(prompts), [ex.text for ex in examples]
+    encoder = getattr(scorer, "encoder", None)
+    length = (lambda s: len(encoder.encode_prefix(s))) if encoder is not None else len
+    order = sorted(range(len(sentences)), key=lambda i: length(sentences[i]))
     parts = []
     with tqdm(total=len(prompts) * len(sentences), desc=desc, unit="pair", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
-        for i in range(0, len(sentences), chunk_size):
-            chunk = sentences[i:i + chunk_size]
+        for i in range(0, len(order), chunk_size):
+            chunk = [sentences[j] for j in order[i:i + chunk_size]]
             parts.append(scorer.score(prompts, chunk))
             bar.update(len(prompts) * len(chunk))
     if not parts:
         return torch.zeros(len(prompts), 0, len(scorer.verbalizer_ids))
-    return torch.cat(parts, dim=1)
+    scores = torch.empty_like(torch.cat(parts, dim=1))
+    scores[:, order] = torch.cat(parts, dim=1)
+    return scores
 
 
 def evaluate_prompts(scorer, prompts: Sequence[str], examples: Sequence[Example], chunk_size: int = 128,
