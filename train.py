@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,26 +123,38 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
 
 
 def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
-    """Score the best prompts (and the baselines) on test; write prompts.json, summary.json,
-    history.json, the curves PNG and report.md."""
+    """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
+    then score the best prompts (and the baselines) on test and write them again with test figures.
+
+    Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
+    `--resume` runs this again."""
+    best = trainer.leaderboard.best(cfg.top_prompts)
+    baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
+    dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))  # collective
+    summary = write_run_outputs(cfg, trainer, task, scorer, run_dir, wall_s, best, baselines, dev, {})
+    if cfg.skip_test or not task.test:
+        return summary
     from rlprompt.distributed import is_main_process
     from rlprompt.evaluation import evaluate_prompts
+
+    texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
+    with sigterm_as_interrupt():
+        rows = evaluate_prompts(scorer, texts, task.test, progress=is_main_process())  # collective
+    test = {row["prompt"]: row["accuracy"] for row in rows}
+    for r in best[:3]:
+        r.test_acc = test[r.prompt]
+    return write_run_outputs(cfg, trainer, task, scorer, run_dir, wall_s, best, baselines, dev, test)
+
+
+def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, wall_s: float, best, baselines: dict,
+                      dev: dict, test: dict) -> dict:
+    """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
+    only); returns the summary. `test` maps prompt to test accuracy, empty before test scoring."""
+    from rlprompt.distributed import is_main_process
     from rlprompt.models import dtype_name
     from rlprompt.report import write_run_report
 
-    best = trainer.leaderboard.best(cfg.top_prompts)
-    baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
-    test = {}
-    if not cfg.skip_test and task.test:
-        texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
-        rows = evaluate_prompts(scorer, texts, task.test, progress=is_main_process())
-        test = {row["prompt"]: row["accuracy"] for row in rows}
-        for r in best[:3]:
-            r.test_acc = test[r.prompt]
-    dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))
     rows = [dataclasses.asdict(r) for r in best]
-    if is_main_process():
-        atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
@@ -154,10 +168,25 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
         "config": dataclasses.asdict(cfg),
     }
     if is_main_process():
+        atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
         write_run_report(run_dir, summary, rows, trainer.history)
     return summary
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does, so the CLI exits with
+    one line instead of dying silently."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def trainer_class(cfg: TrainConfig):
@@ -227,7 +256,13 @@ def main(argv=None) -> int:
             print(f"interrupted at step {trainer.step}; checkpoint saved. Resume with: "
                   f"python train.py --resume {run_dir}", file=sys.stderr)
         return 130
-    summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)  # every process: collective
+    try:
+        summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)  # every process: collective
+    except KeyboardInterrupt:
+        if main_process:
+            print(f"interrupted while scoring the test set; training is saved and {run_dir} holds the dev "
+                  f"results. Score the test set with: python train.py --resume {run_dir}", file=sys.stderr)
+        return 130
     if writer is not None:
         writer.close()
     if main_process:

@@ -76,6 +76,43 @@ def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tin
     assert numbers(out) == numbers(uninterrupted)
 
 
+def test_sigterm_while_scoring_test_keeps_dev_results_and_resume_finishes(tiny_model_dir, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A real SIGTERM arrives as test scoring starts: the run exits 130 with one line, the dev-only
+    prompts/summary/report stay on disk, and --resume scores the test set without training again."""
+    import rlprompt.evaluation
+    import train
+
+    real = rlprompt.evaluation.evaluate_prompts
+
+    def terminated_then_score(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    train_file, test_file = tmp_path / "train.csv", tmp_path / "test.csv"
+    train_file.write_text("review,stars\n" + "".join(f"fine film {i},good\ndull film {i},bad\n" for i in range(6)))
+    test_file.write_text("review,stars\nGreat fun,good\nAwful,bad\n")
+    out = tmp_path / "run"
+    argv = ["--train", str(train_file), "--test", str(test_file), "--text-column", "review",
+            "--label-column", "stars", "--labels", "bad,good", "--verbalizers", '" terrible"," great"',
+            "--policy-model", str(tiny_model_dir), "--task-model", str(tiny_model_dir),
+            "--steps", "2", "--prompts-per-step", "4", "--eval-every", "1", "--out", str(out)]
+    monkeypatch.setattr(rlprompt.evaluation, "evaluate_prompts", terminated_then_score)
+    assert train.main(argv) == 130
+    assert f"Score the test set with: python train.py --resume {out}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert prompts and all(r["test_acc"] is None for r in prompts)
+    assert (out / "report.md").is_file() and (out / "curves.png").is_file()
+
+    monkeypatch.setattr(rlprompt.evaluation, "evaluate_prompts", real)
+    assert train.main(["--resume", str(out)]) == 0
+    assert f"resumed {out} at step 2" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_prompt"]["test_acc"] is not None
+    assert all(b["test_acc"] is not None for b in summary["baselines"])
+
+
 class FlakyTaskLM(ParityTaskLM):
     """The toy task LM, but every prompt scored on a call listed in `bad_calls` gets NaN log-probs."""
 
