@@ -189,6 +189,7 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         self.skipped_steps = state["skipped_steps"]
         self.history = state["history"]
+        self.stop_reason = state.get("stop_reason")  # a finished run resumes straight into its results
         cache = getattr(self.train_env.scorer, "score_cache", None)
         if cache is not None:
             cache.update(state.get("score_cache", {}))

@@ -78,8 +78,9 @@ def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tin
 
 def test_sigterm_while_scoring_test_keeps_dev_results_and_resume_finishes(tiny_model_dir, tmp_path, monkeypatch,
                                                                         capsys):
-    """A real SIGTERM arrives as test scoring starts: the run exits 130 with one line, the dev-only
-    prompts/summary/report stay on disk, and --resume scores the test set without training again."""
+    """A real SIGTERM arrives as test scoring starts (after an early stop): the run exits 130 with one
+    line, the dev-only prompts/summary/report stay on disk, and --resume scores the test set without
+    training again."""
     import rlprompt.evaluation
     import train
 
@@ -96,20 +97,23 @@ def test_sigterm_while_scoring_test_keeps_dev_results_and_resume_finishes(tiny_m
     argv = ["--train", str(train_file), "--test", str(test_file), "--text-column", "review",
             "--label-column", "stars", "--labels", "bad,good", "--verbalizers", '" terrible"," great"',
             "--policy-model", str(tiny_model_dir), "--task-model", str(tiny_model_dir),
-            "--steps", "2", "--prompts-per-step", "4", "--eval-every", "1", "--out", str(out)]
+            "--steps", "20", "--prompts-per-step", "4", "--eval-every", "1", "--patience", "1", "--out", str(out)]
     monkeypatch.setattr(rlprompt.evaluation, "evaluate_prompts", terminated_then_score)
     assert train.main(argv) == 130
     assert f"Score the test set with: python train.py --resume {out}" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     prompts = json.loads((out / "prompts.json").read_text())
     assert prompts and all(r["test_acc"] is None for r in prompts)
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["stop_reason"].startswith("early stop") and stopped["steps"] < 20
     assert (out / "report.md").is_file() and (out / "curves.png").is_file()
 
     monkeypatch.setattr(rlprompt.evaluation, "evaluate_prompts", real)
     assert train.main(["--resume", str(out)]) == 0
-    assert f"resumed {out} at step 2" in capsys.readouterr().out
+    assert f"resumed {out} at step {stopped['steps']}" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["best_prompt"]["test_acc"] is not None
+    assert (summary["steps"], summary["stop_reason"]) == (stopped["steps"], stopped["stop_reason"])
+    assert summary["best_prompt"]["test_acc"] is not None
     assert all(b["test_acc"] is not None for b in summary["baselines"])
 
 
