@@ -115,6 +115,20 @@ class _BaseScorer:
         return logp[:, self.verbalizer_ids.to(logp.device)].cpu()
 
 
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, lengths) of token lists right-padded to one width. Right padding lets
+    every real token see exactly what it sees unpadded. An empty list (a template that starts with
+    {prompt}, no BOS) becomes one pad token that nothing attends to, with length 0."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    width = max(1, int(lengths.max()))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    return ids, mask, lengths
+
+
 class NaiveScorer(_BaseScorer):
     """Reference scorer: one right-padded full sequence per (prompt, example), full logits."""
 
@@ -125,12 +139,7 @@ class NaiveScorer(_BaseScorer):
         out = []
         for i in range(0, len(pairs), self.max_rows):
             seqs = [self.encoder.encode_pair(p, s) for p, s in pairs[i:i + self.max_rows]]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = 1
+            ids, mask, _ = right_pad(seqs, self.pad_id)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             last = torch.tensor([len(s) - 1 for s in seqs], device=logits.device)
             out.append(self._verbalizer_logprobs(logits[torch.arange(len(seqs)), last]))
@@ -191,21 +200,7 @@ class CachedScorer(_BaseScorer):
         if key in self._prefixes:
             self._prefixes.move_to_end(key)
             return self._prefixes[key]
-        seqs = [self.encoder.encode_prefix(s) for s in sentences]
-        if min(map(len, seqs)) == 0:
-            # Nothing before the prompt (template starts with {prompt}, no BOS): start from one pad
-            # token that no later position attends to.
-            seqs = [s or [self.pad_id] for s in seqs]
-            lengths = torch.tensor([0 if s == [self.pad_id] else len(s) for s in seqs])
-        else:
-            lengths = torch.tensor([len(s) for s in seqs])
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :lengths[r]] = 1
-        # Right padding: every real token sees only real tokens; pads are masked for later queries.
+        ids, mask, lengths = right_pad([self.encoder.encode_prefix(s) for s in sentences], self.pad_id)
         out = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                     use_cache=True)
         prefix = _Prefix(out.past_key_values, mask, lengths)

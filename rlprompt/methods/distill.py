@@ -29,7 +29,7 @@ from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_lo
                                           options_into, seeded, teacher_instruction, train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
-from rlprompt.scorer import PromptEncoder, lm_logits
+from rlprompt.scorer import PromptEncoder, lm_logits, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,7 @@ class SlotSoftPrompt(nn.Module):
     @torch.no_grad()
     def _prefixes(self, sentences: list[str]) -> _Prefixes:
         model = self.lm[0]
-        seqs = [self.encoder.encode_prefix(s) for s in sentences]
-        # An empty prefix (template starting with {prompt}, no BOS) becomes one pad token nobody attends to.
-        lengths = torch.tensor([len(s) for s in seqs])
-        seqs = [s or [self.pad_id] for s in seqs]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :lengths[r]] = 1
+        ids, mask, lengths = right_pad([self.encoder.encode_prefix(s) for s in sentences], self.pad_id)
         device = model_device(model)
         out = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
         return _Prefixes(out.past_key_values, mask, lengths, {s: r for r, s in enumerate(sentences)})

@@ -29,7 +29,7 @@ from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_logprobs, model_device,
                                           options_into, seeded, train_within_budget)
-from rlprompt.scorer import PromptEncoder
+from rlprompt.scorer import PromptEncoder, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,7 @@ class PeftSoftPrompt:
     def logprobs(self, sentences: list[str]) -> torch.Tensor:
         """(B, V) verbalizer log-probs (full-vocabulary softmax) with the soft tokens in front."""
         seqs = [self.encoder.encode_pair("", s) for s in sentences]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):  # right padding: every real token sees the same as unpadded
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
+        ids, mask, _ = right_pad(seqs, self.pad_id)
         # The label is read after each row's last real token; prompt tuning's logits include the
         # virtual positions, prefix tuning's do not.
         last = torch.tensor([len(s) - 1 for s in seqs]) + (self.n if self.kind == "prompt" else 0)
