@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples
-from rlprompt.scorer import CachedScorer, NaiveScorer, build_scorer
+from rlprompt.scorer import CachedScorer, NaiveScorer, build_scorer, right_pad
 from rlprompt.tasks import Example, load_task
 
 SENTENCES = [
@@ -77,6 +77,14 @@ def test_build_scorer_kinds(tiny_lm):
     assert isinstance(build_scorer(model, tok, TEMPLATES[0], VERBALIZERS, kind="naive"), NaiveScorer)
     with pytest.raises(UserError, match="unknown scorer"):
         build_scorer(model, tok, TEMPLATES[0], VERBALIZERS, kind="fast")
+
+
+def test_right_pad_keeps_lengths_and_masks_only_real_tokens():
+    ids, mask, lengths = right_pad([[7, 8, 9], [], [0]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 0], [1, 0, 0]]  # a real token equal to pad_id is kept
+    assert lengths.tolist() == [3, 0, 1]
+    assert right_pad([[], []], pad_id=2)[0].tolist() == [[2], [2]]
 
 
 def test_accuracy():
