@@ -161,7 +161,6 @@ def run_task_spec(args, run_dir: str | None, run_config: dict):
     """The TaskSpec to score on: the flags' task when they name one, else the run's, else sst2.
     Field flags (template, verbalizers, dev, test, ...) override either."""
     from rlprompt.config import TaskArgs
-    from rlprompt.tasks import TaskSpec
 
     flags = {f: getattr(args, f) for f in TaskArgs.__dataclass_fields__ if f != "save_task"}
     if run_dir and not any(flags[f] for f in TASK_FLAGS):

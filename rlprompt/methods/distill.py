@@ -26,7 +26,8 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, model_device,
-                                          options_into, seeded, teacher_instruction, train_within_budget)
+                                          options_into, require_train_dev_and_budget, score_teacher, seeded,
+                                          train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
 from rlprompt.scorer import PromptEncoder, lm_logits, right_pad
@@ -154,21 +155,15 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
     method = "distill-soft"
     cfg = options_into(DistillConfig(), ctx.options, method)
     task, tokenizer = ctx.task, ctx.task_tokenizer
-    if not task.train or not task.dev:
-        raise UserError(f"{method} needs train and dev examples")
-    instruction = teacher_instruction(task, ctx.options)
-    teacher_ids = tokenizer(" " + instruction.strip(), add_special_tokens=False).input_ids
-    ledger = PairLedger(ctx.pair_budget)
-    scorer = BudgetedScorer(ctx.scorer, ledger)
     n_train, n_dev = len(task.train), len(task.dev)
-    if ledger.budget < n_train + 2 * n_dev:
-        raise UserError(f"pair budget {ledger.budget} is too small for {method}: the teacher on train "
-                        f"and dev and one dev evaluation cost {n_train + 2 * n_dev} pairs")
+    require_train_dev_and_budget(task, method, ctx.pair_budget, n_train + 2 * n_dev,
+                                 "the teacher on train and dev plus one dev evaluation")
+    ledger = PairLedger(ctx.pair_budget)
     start = time.perf_counter()
+    teacher = score_teacher(ctx, BudgetedScorer(ctx.scorer, ledger))
+    instruction, teacher_train, teacher_dev = teacher.instruction, teacher.train, teacher.dev
     train_text = [e.text for e in task.train]
     dev_text, dev_labels = [e.text for e in task.dev], [e.label for e in task.dev]
-    teacher_train = score_examples(scorer, [instruction], task.train, progress=False)[0]  # (E, V)
-    teacher_dev = score_examples(scorer, [instruction], task.dev, progress=False)[0]
     init_text = " " + (cfg.init_text or instruction).strip()
     with seeded(ctx.seed):
         student = SlotSoftPrompt(ctx.task_model, tokenizer, task.template, task.verbalizers,
@@ -220,8 +215,8 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
         method=method, prompt=None, prompt_tokens=cfg.k, dev_acc=best["acc"],
         test_acc=test_acc, pairs_scored=ledger.used, wall_s=time.perf_counter() - start,
         curve=curve,
-        extra={"teacher_instruction": instruction, "teacher_tokens": len(teacher_ids),
-               "compression_ratio": len(teacher_ids) / cfg.k, "placement": "soft tokens in the {prompt} slot",
+        extra={"teacher_instruction": instruction, "teacher_tokens": teacher.tokens,
+               "compression_ratio": teacher.tokens / cfg.k, "placement": "soft tokens in the {prompt} slot",
                "init_text": init_text.strip(), "dev_kl": best["kl"], "dev_agreement": best["agreement"],
                "init_dev_kl": init["kl"], "init_dev_agreement": init["agreement"],
                "teacher_dev_acc": float(accuracy(teacher_dev[None], dev_labels)[0]),

@@ -19,14 +19,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import torch
-
 from envs import PromptClassificationEnv
 from rlprompt.config import TrainConfig
-from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.soft_common import BudgetedScorer, PairLedger, options_into, seeded, teacher_instruction
+from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, options_into, require_train_dev_and_budget,
+                                          score_teacher, seeded)
 from rlprompt.rewards import DistillationReward, verbalizer_kl
 from rlprompt.trainer import Trainer
 
@@ -85,22 +83,18 @@ def run(ctx: MethodContext) -> MethodResult:
     method = "rl-compress"
     cfg = options_into(RLCompressConfig(), ctx.options, method)
     task, tokenizer = ctx.task, ctx.task_tokenizer
-    if not task.train or not task.dev:
-        raise UserError(f"{method} needs train and dev examples")
-    instruction = teacher_instruction(task, ctx.options)
-    teacher_tokens = len(tokenizer(" " + instruction.strip(), add_special_tokens=False).input_ids)
     n_train, n_dev = len(task.train), len(task.dev)
     reserve = DEV_CANDIDATES * n_dev + n_train  # one last Trainer.evaluate after the budget runs out
     first_step = cfg.prompts_per_step * n_train
-    if ctx.pair_budget < n_train + n_dev + first_step + reserve:
-        raise UserError(f"pair budget {ctx.pair_budget} is too small for {method}: the teacher, one step of "
-                        f"{cfg.prompts_per_step} prompts and a dev evaluation cost up to "
-                        f"{n_train + n_dev + first_step + reserve} pairs")
+    require_train_dev_and_budget(task, method, ctx.pair_budget, n_train + n_dev + first_step + reserve,
+                                 f"the teacher, one step of {cfg.prompts_per_step} prompts and a dev "
+                                 "evaluation (at most)")
     start = time.perf_counter()
     ledger = PairLedger(ctx.pair_budget)
     scorer = BudgetedScorer(ctx.scorer, ledger)
-    teacher_train = score_examples(scorer, [instruction], task.train, progress=False)[0]  # (E, V)
-    teacher_dev = score_examples(scorer, [instruction], task.dev, progress=False)[0]
+    teacher = score_teacher(ctx, scorer)
+    instruction, teacher_tokens, teacher_train, teacher_dev = (teacher.instruction, teacher.tokens,
+                                                               teacher.train, teacher.dev)
 
     train_cfg = TrainConfig(seed=ctx.seed, prompt_length=cfg.prompt_length, steps=10**9,
                             prompts_per_step=cfg.prompts_per_step, lr=cfg.lr, top_k=cfg.top_k,

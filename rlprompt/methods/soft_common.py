@@ -39,6 +39,38 @@ def teacher_instruction(task, options: dict) -> str:
     return text
 
 
+def require_train_dev_and_budget(task, method: str, budget: int, min_pairs: int, spent_on: str) -> None:
+    """One-line errors when the task lacks train or dev examples, or when the pair budget is below
+    what `method` must spend (on `spent_on`) before it can learn anything."""
+    if not task.train or not task.dev:
+        raise UserError(f"{method} needs train and dev examples")
+    if budget < min_pairs:
+        raise UserError(f"pair budget {budget} is too small for {method}: {spent_on} needs {min_pairs} pairs")
+
+
+@dataclasses.dataclass
+class Teacher:
+    """The long instruction a compression method imitates, its length in task-LM tokens, and its
+    verbalizer log-probs (E, V) on the train and dev examples."""
+
+    instruction: str
+    tokens: int
+    train: torch.Tensor
+    dev: torch.Tensor
+
+
+def score_teacher(ctx, scorer) -> Teacher:
+    """Score the task's teacher instruction (or ctx.options['teacher_instruction']) on train and dev
+    with `scorer`, which charges the method's ledger."""
+    from rlprompt.evaluation import score_examples
+
+    instruction = teacher_instruction(ctx.task, ctx.options)
+    tokens = len(ctx.task_tokenizer(" " + instruction.strip(), add_special_tokens=False).input_ids)
+    return Teacher(instruction, tokens,
+                   train=score_examples(scorer, [instruction], ctx.task.train, progress=False)[0],
+                   dev=score_examples(scorer, [instruction], ctx.task.dev, progress=False)[0])
+
+
 class PairLedger:
     """Counts scored (prompt, example) pairs against a budget; BudgetExhausted when it would overflow."""
 

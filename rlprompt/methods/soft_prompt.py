@@ -28,7 +28,8 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_logprobs, model_device,
-                                          options_into, seeded, train_within_budget)
+                                          options_into, require_train_dev_and_budget, seeded,
+                                          train_within_budget)
 from rlprompt.scorer import PromptEncoder, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
@@ -136,11 +137,7 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> tuple[Metho
     task, tokenizer = ctx.task, ctx.task_tokenizer
     ledger = PairLedger(ctx.pair_budget)
     n_dev = len(task.dev)
-    if not task.train or not task.dev:
-        raise UserError(f"{method} needs train and dev examples")
-    if ledger.budget < n_dev:
-        raise UserError(f"pair budget {ledger.budget} is too small for {method}: one dev evaluation "
-                        f"costs {n_dev} pairs")
+    require_train_dev_and_budget(task, method, ledger.budget, n_dev, "one dev evaluation")
     init_text = cfg.init_text or task.manual_prompt
     if not init_text:
         raise UserError(f"task {task.name!r} has no manual prompt; pass the option init_text=TEXT")
