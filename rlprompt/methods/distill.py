@@ -26,8 +26,8 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, model_device,
-                                          options_into, require_train_dev_and_budget, score_teacher, seeded,
-                                          train_within_budget)
+                                          optimizer_step, options_into, require_train_dev_and_budget,
+                                          score_teacher, seeded, train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
 from rlprompt.scorer import PromptEncoder, lm_logits, right_pad
@@ -176,10 +176,7 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
         def train_step(idx: list[int]) -> float:
             student_lp = student.logprobs([train_text[i] for i in idx])
             loss = verbalizer_kl(teacher_train[idx].to(student_lp.device), student_lp).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
+            return optimizer_step(optimizer, loss)
 
         def evaluate_dev(step: int) -> None:
             ledger.charge(n_dev)

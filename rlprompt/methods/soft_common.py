@@ -198,6 +198,14 @@ def train_within_budget(ledger: PairLedger, n_train: int, batch_size: int, eval_
     return step, losses
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """Backpropagate `loss` and take one optimizer step; returns the loss as a float."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def label_logprobs(model, verbalizer_ids: torch.Tensor, last: torch.Tensor, **inputs) -> torch.Tensor:
     """(B, V) full-vocabulary log-probs of the verbalizer tokens after position last[b] of row b.
 

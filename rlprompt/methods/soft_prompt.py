@@ -28,7 +28,7 @@ from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_logprobs, model_device,
-                                          options_into, require_train_dev_and_budget, seeded,
+                                          optimizer_step, options_into, require_train_dev_and_budget, seeded,
                                           train_within_budget)
 from rlprompt.scorer import PromptEncoder, right_pad
 from rlprompt.tasks import verbalizer_token_ids
@@ -151,11 +151,8 @@ def train_soft_prompt(ctx: MethodContext, kind: str, method: str) -> tuple[Metho
         curve, best = [], {"key": None}
 
         def train_step(idx: list[int]) -> float:
-            loss = verbalizer_loss(soft.logprobs([task.train[i].text for i in idx]), train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
+            lp = soft.logprobs([task.train[i].text for i in idx])
+            return optimizer_step(optimizer, verbalizer_loss(lp, train_labels[idx]))
 
         def evaluate_dev(step: int) -> None:
             ledger.charge(n_dev)
