@@ -18,6 +18,8 @@ from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.rewards import normalize_rewards
 
+EARLY_STOP = "early stop: dev accuracy did not improve"
+
 
 @dataclass
 class PromptRecord:
@@ -189,7 +191,9 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         self.skipped_steps = state["skipped_steps"]
         self.history = state["history"]
-        self.stop_reason = state.get("stop_reason")  # a finished run resumes straight into its results
+        # An early-stopped run resumes straight into its results; one that used its step budget may
+        # be resumed with a larger --steps and train on.
+        self.stop_reason = state.get("stop_reason") if state.get("stop_reason") == EARLY_STOP else None
         cache = getattr(self.train_env.scorer, "score_cache", None)
         if cache is not None:
             cache.update(state.get("score_cache", {}))
@@ -221,7 +225,7 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     metrics.update(self.evaluate())
                     if cfg.patience and self.evals_without_improvement >= cfg.patience:
-                        self.stop_reason = "early stop: dev accuracy did not improve"
+                        self.stop_reason = EARLY_STOP
                 self._log(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['charts/reward_mean']:.1f}",

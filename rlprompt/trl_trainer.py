@@ -38,7 +38,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 from rlprompt.checkpoint import rng_state, set_rng_state
 from rlprompt.distributed import SaveOnMainProcess, unwrap_scorer, world_size
 from rlprompt.errors import UserError
-from rlprompt.trainer import Trainer, repeated_token_rate
+from rlprompt.trainer import EARLY_STOP, Trainer, repeated_token_rate
 
 
 class PolicyMaskProcessor(LogitsProcessor):
@@ -164,7 +164,7 @@ class _Bookkeeping(TrainerCallback):
         if t.step % cfg.eval_every == 0 or t.step == cfg.steps:
             metrics.update(t.evaluate())
             if cfg.patience and t.evals_without_improvement >= cfg.patience:
-                t.stop_reason = "early stop: dev accuracy did not improve"
+                t.stop_reason = EARLY_STOP
         t._log(metrics)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('charts/reward_mean', float('nan')):.1f}",
