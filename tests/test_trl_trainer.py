@@ -138,14 +138,6 @@ def test_trl_refuses_what_it_cannot_do(smol_tokenizer, tmp_path):
         TrainConfig(trainer="ppo")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    fresh_tiny_lm(smol_tokenizer).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
-
-
 def test_train_py_trl_grpo_end_to_end(tiny_model_dir, tmp_path, data_dir):
     run = tmp_path / "run"
     args = ["--task", "sst2", "--data-dir", str(data_dir), "--policy-model", str(tiny_model_dir),
