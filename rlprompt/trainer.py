@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -210,39 +211,50 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._signal = signum
 
+    @contextlib.contextmanager
+    def catching_signals(self):
+        """Within the block, SIGINT/SIGTERM only set a flag that the loop checks between steps."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def finish(self) -> str:
+        """Write the checkpoint; returns 'interrupted' after a signal, else why training stopped."""
+        if self._signal is None:
+            self.stop_reason = self.stop_reason or "step budget reached"
+        self.save()
+        return "interrupted" if self._signal is not None else self.stop_reason
+
     def run(self, progress: bool = True) -> str:
         """Train until the step budget, early stop or a signal; returns why it stopped.
 
         SIGINT/SIGTERM finish the current step, write the checkpoint and return 'interrupted'.
         """
         cfg = self.cfg
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        try:
-            while self.step < cfg.steps and self.stop_reason is None:
-                metrics = self.train_step()
-                self.step += 1
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    metrics.update(self.evaluate())
-                    if cfg.patience and self.evals_without_improvement >= cfg.patience:
-                        self.stop_reason = EARLY_STOP
-                self._log(metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['charts/reward_mean']:.1f}",
-                                acc=f"{metrics['charts/train_acc']:.2f}",
-                                dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-", H=f"{metrics['losses/entropy']:.2f}")
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save()
-                if self._signal is not None:
-                    self.save()
-                    return "interrupted"
-            self.stop_reason = self.stop_reason or "step budget reached"
-            self.save()
-            return self.stop_reason
-        finally:
-            bar.close()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        with self.catching_signals():
+            try:
+                while self.step < cfg.steps and self.stop_reason is None and self._signal is None:
+                    metrics = self.train_step()
+                    self.step += 1
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                        metrics.update(self.evaluate())
+                        if cfg.patience and self.evals_without_improvement >= cfg.patience:
+                            self.stop_reason = EARLY_STOP
+                    self._log(metrics)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['charts/reward_mean']:.1f}",
+                                    acc=f"{metrics['charts/train_acc']:.2f}",
+                                    dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-",
+                                    H=f"{metrics['losses/entropy']:.2f}")
+                    if self.step % cfg.checkpoint_every == 0 and self._signal is None:
+                        self.save()
+                return self.finish()
+            finally:
+                bar.close()
 
     def _log(self, metrics: dict) -> None:
         row = {"step": self.step, **{k: v for k, v in metrics.items() if not isinstance(v, str)}}

@@ -27,7 +27,6 @@ Trainer's (this class extends it), so a run writes the same files whichever trai
 from __future__ import annotations
 
 import functools
-import signal
 import time
 
 import numpy as np
@@ -262,25 +261,16 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
         cfg = self.cfg
         remaining = cfg.steps - self.step
         if remaining <= 0 or self.stop_reason is not None:
-            self.stop_reason = self.stop_reason or "step budget reached"
-            self.save()
-            return self.stop_reason
+            return self.finish()
         self.start_step = self.step
         self.resuming = self.step > 0
         self._resume_rng = rng_state(self.generator)  # trl's set_seed overwrites the global state
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train (trl-grpo)",
                    unit="step")
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self.trl = self.build_trl(remaining, callbacks=[_Bookkeeping(self, bar)])
-            self.trl.train()
-            if self._signal is not None:
-                self.save()
-                return "interrupted"
-            self.stop_reason = self.stop_reason or "step budget reached"
-            self.save()
-            return self.stop_reason
-        finally:
-            bar.close()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        with self.catching_signals():
+            try:
+                self.trl = self.build_trl(remaining, callbacks=[_Bookkeeping(self, bar)])
+                self.trl.train()
+                return self.finish()
+            finally:
+                bar.close()
