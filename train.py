@@ -122,7 +122,7 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
     return policy, train_env, dev_env
 
 
-def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: float) -> dict:
+def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path) -> dict:
     """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
     then score the best prompts (and the baselines) on test and write them again with test figures.
 
@@ -131,7 +131,7 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
     best = trainer.leaderboard.best(cfg.top_prompts)
     baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
     dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))  # collective
-    summary = write_run_outputs(cfg, trainer, task, scorer, run_dir, wall_s, best, baselines, dev, {})
+    summary = write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, {})
     if cfg.skip_test or not task.test:
         return summary
     from rlprompt.distributed import is_main_process
@@ -143,10 +143,10 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path, wall_s: flo
     test = {row["prompt"]: row["accuracy"] for row in rows}
     for r in best[:3]:
         r.test_acc = test[r.prompt]
-    return write_run_outputs(cfg, trainer, task, scorer, run_dir, wall_s, best, baselines, dev, test)
+    return write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, test)
 
 
-def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, wall_s: float, best, baselines: dict,
+def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, best, baselines: dict,
                       dev: dict, test: dict) -> dict:
     """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
     only); returns the summary. `test` maps prompt to test accuracy, empty before test scoring."""
@@ -158,7 +158,7 @@ def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, wall_s: float, 
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
-        "wall_s": round(wall_s, 1), "skipped_steps": trainer.skipped_steps,
+        "wall_s": round(trainer.train_s, 1), "skipped_steps": trainer.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
         "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "pairs_scored": scorer.pairs_scored,
@@ -247,7 +247,6 @@ def main(argv=None) -> int:
         trainer.load_state_dict(state)
         if main_process:
             print(f"resumed {run_dir} at step {trainer.step}")
-    start = time.time()
     status = trainer.run(progress=main_process)
     if writer is not None:
         writer.flush()
@@ -257,7 +256,7 @@ def main(argv=None) -> int:
                   f"python train.py --resume {run_dir}", file=sys.stderr)
         return 130
     try:
-        summary = finalize(cfg, trainer, task, scorer, run_dir, time.time() - start)  # every process: collective
+        summary = finalize(cfg, trainer, task, scorer, run_dir)  # every process: collective
     except KeyboardInterrupt:
         if main_process:
             print(f"interrupted while scoring the test set; training is saved and {run_dir} holds the dev "

@@ -115,7 +115,8 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
         f"- budget: {cfg.get('steps')} steps × {cfg.get('prompts_per_step')} prompts of "
         f"{cfg.get('prompt_length')} tokens; ran {summary.get('steps')} steps ({summary.get('stop_reason')}); "
         f"{summary.get('pairs_scored', '?')} (prompt, example) pairs run through the task LM (train, dev and test)",
-        f"- wall time: {summary.get('wall_s', 0):.0f} s; skipped (non-finite) steps: {summary.get('skipped_steps', 0)}",
+        f"- training time: {summary.get('wall_s', 0):.0f} s (wall, summed over resumes); "
+        f"skipped (non-finite) steps: {summary.get('skipped_steps', 0)}",
         "", "## Best prompts (chosen on dev)", "",
         "| # | prompt | dev acc | test acc | train reward | found at step |", "|---|---|---|---|---|---|",
     ]

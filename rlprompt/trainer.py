@@ -88,6 +88,8 @@ class Trainer:
         self.skipped_steps = 0
         self.history: list[dict] = []
         self.stop_reason: str | None = None
+        self.train_s = 0.0  # wall time spent in run(), summed over resumes
+        self._clock: float | None = None
         self._signal: int | None = None
         self.init_tokens = policy.encode_prompt(cfg.init_prompt) if cfg.init_prompt else None
 
@@ -179,6 +181,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "history": self.history,
             "stop_reason": self.stop_reason,
+            "train_s": self.train_s,
             "score_cache": dict(getattr(self.train_env.scorer, "score_cache", {})),
         }
 
@@ -192,6 +195,7 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         self.skipped_steps = state["skipped_steps"]
         self.history = state["history"]
+        self.train_s = state.get("train_s", 0.0)
         # An early-stopped run resumes straight into its results; one that used its step budget may
         # be resumed with a larger --steps and train on.
         self.stop_reason = state.get("stop_reason") if state.get("stop_reason") == EARLY_STOP else None
@@ -199,8 +203,14 @@ class Trainer:
         if cache is not None:
             cache.update(state.get("score_cache", {}))
 
+    def _bank_time(self) -> None:
+        if self._clock is not None:
+            now = time.perf_counter()
+            self.train_s, self._clock = self.train_s + now - self._clock, now
+
     def save(self) -> Path:
         """Write the checkpoint atomically."""
+        self._bank_time()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             return save_checkpoint(self.run_dir, self.state_dict())
@@ -212,12 +222,16 @@ class Trainer:
         self._signal = signum
 
     @contextlib.contextmanager
-    def catching_signals(self):
-        """Within the block, SIGINT/SIGTERM only set a flag that the loop checks between steps."""
+    def running(self):
+        """The training loop's block: SIGINT/SIGTERM only set a flag that the loop checks between
+        steps, and the block's wall time is added to train_s (saved with the checkpoint)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._clock = time.perf_counter()
         try:
             yield
         finally:
+            self._bank_time()
+            self._clock = None
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -235,7 +249,7 @@ class Trainer:
         """
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        with self.catching_signals():
+        with self.running():
             try:
                 while self.step < cfg.steps and self.stop_reason is None and self._signal is None:
                     metrics = self.train_step()

@@ -267,7 +267,7 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
         self._resume_rng = rng_state(self.generator)  # trl's set_seed overwrites the global state
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train (trl-grpo)",
                    unit="step")
-        with self.catching_signals():
+        with self.running():
             try:
                 self.trl = self.build_trl(remaining, callbacks=[_Bookkeeping(self, bar)])
                 self.trl.train()

@@ -113,6 +113,8 @@ def test_sigterm_while_scoring_test_keeps_dev_results_and_resume_finishes(tiny_m
     assert f"resumed {out} at step {stopped['steps']}" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["steps"], summary["stop_reason"]) == (stopped["steps"], stopped["stop_reason"])
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["train_s"] > 0
+    assert summary["wall_s"] >= stopped["wall_s"]  # training time is summed over resumes, not restarted
     assert summary["best_prompt"]["test_acc"] is not None
     assert all(b["test_acc"] is not None for b in summary["baselines"])
 
