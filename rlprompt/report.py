@@ -12,6 +12,7 @@ from rlprompt.errors import UserError
 
 CURVES_PNG = "curves.png"
 REPORT_MD = "report.md"
+BASELINE_COLORS = {"manual prompt": "tab:red", "no prompt": "tab:gray"}
 
 
 def smooth(values, weight: float = 0.8) -> np.ndarray:
@@ -33,11 +34,12 @@ def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), np.array(values, dtype=float)
 
 
-def plot_curves(history: list[dict], path: str | Path, manual_dev_acc: float | None = None,
+def plot_curves(history: list[dict], path: str | Path, baselines: dict[str, float] | None = None,
                 title: str = "") -> Path:
     """Write a PNG of the run's curves: reward mean/max with smoothed lines; train accuracy, dev
-    accuracy of the greedy prompt and best dev accuracy, with the manual prompt's dev accuracy as a
-    reference line; entropy and KL to the initial policy; distinct prompts per step."""
+    accuracy of the greedy prompt and best dev accuracy, with the baselines' dev accuracies (name ->
+    accuracy, e.g. manual prompt and no prompt) as reference lines; entropy and KL to the initial
+    policy; distinct prompts per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,8 +65,8 @@ def plot_curves(history: list[dict], path: str | Path, manual_dev_acc: float | N
     ax.plot(steps, values, "o-", color="tab:purple", markersize=4, label="dev accuracy of the greedy prompt")
     steps, values = _series(history, "charts/best_dev_acc")
     ax.step(steps, values, where="post", color="black", linewidth=1.5, label="best dev accuracy so far")
-    if manual_dev_acc is not None:
-        ax.axhline(manual_dev_acc, color="tab:red", linestyle="--", label="manual prompt (dev)")
+    for name, acc in (baselines or {}).items():
+        ax.axhline(acc, color=BASELINE_COLORS.get(name, "tab:olive"), linestyle="--", label=f"{name} (dev)")
     ax.set(title="accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
     ax.legend(loc="lower right", fontsize=8)
 
@@ -101,8 +103,8 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
     """Write curves.png and report.md into the run folder; returns the report's path."""
     run_dir = Path(run_dir)
     cfg = summary.get("config", {})
-    manual = next((b for b in summary.get("baselines", []) if b["name"] == "manual prompt"), None)
-    plot_curves(history, run_dir / CURVES_PNG, manual["dev_acc"] if manual else None,
+    baselines = {b["name"]: b["dev_acc"] for b in summary.get("baselines", []) if b.get("dev_acc") is not None}
+    plot_curves(history, run_dir / CURVES_PNG, baselines,
                 title=f"{summary.get('task')} — seed {summary.get('seed')}")
     n = summary.get("examples", {})
     lines = [
