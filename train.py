@@ -217,7 +217,7 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from rlprompt.distributed import is_main_process, process_state
+    from rlprompt.distributed import end_processes, is_main_process, process_state
 
     cfg, state = parse_args(argv)
     quiet_transformers()
@@ -266,6 +266,7 @@ def main(argv=None) -> int:
         writer.close()
     if main_process:
         print_summary(summary, json.loads((run_dir / "prompts.json").read_text()), run_dir)
+    end_processes()
     return 0
 
 

@@ -30,6 +30,14 @@ def process_state(device: str | None = None):
     return PartialState(cpu=cpu)
 
 
+def end_processes() -> None:
+    """Leave the process group (under `accelerate launch`, once all processes are done): a gloo group
+    left to the interpreter's exit can abort it ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def world_size() -> int:
     """Number of processes taking part (1 without `accelerate launch`)."""
     return process_state().num_processes

@@ -22,7 +22,8 @@ from transformers import AutoTokenizer  # noqa: E402
 import train  # noqa: E402
 from envs import PromptClassificationEnv  # noqa: E402
 from rlprompt.config import TrainConfig  # noqa: E402
-from rlprompt.distributed import DataParallelTrainer, ShardedScorer, is_main_process, world_size  # noqa: E402
+from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,  # noqa: E402
+                                  world_size)
 from rlprompt.models import resolve_model_path  # noqa: E402
 from rlprompt.policy import PromptPolicy  # noqa: E402
 from rlprompt.scorer import CachedScorer  # noqa: E402
@@ -100,3 +101,4 @@ if __name__ == "__main__":
     results = {kind: EXPERIMENTS[kind](out.parent / f"run-{kind}") for kind in kinds}
     if is_main_process():
         out.write_text(json.dumps(results))
+    end_processes()
