@@ -242,6 +242,24 @@ class Trainer:
         self.save()
         return "interrupted" if self._signal is not None else self.stop_reason
 
+    def end_step(self, metrics: dict, bar) -> None:
+        """After step `self.step`: dev evaluation when due (and the early-stop check), logging, the
+        progress bar and the periodic checkpoint. Both training loops call it."""
+        cfg = self.cfg
+        if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            metrics.update(self.evaluate())
+            if cfg.patience and self.evals_without_improvement >= cfg.patience:
+                self.stop_reason = EARLY_STOP
+        self._log(metrics)
+        bar.update(1)
+        nan = float("nan")
+        bar.set_postfix(reward=f"{metrics.get('charts/reward_mean', nan):.1f}",
+                        acc=f"{metrics.get('charts/train_acc', nan):.2f}",
+                        dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-",
+                        H=f"{metrics.get('losses/entropy', nan):.2f}")
+        if self.step % cfg.checkpoint_every == 0 and self._signal is None:
+            self.save()
+
     def run(self, progress: bool = True) -> str:
         """Train until the step budget, early stop or a signal; returns why it stopped.
 
@@ -254,18 +272,7 @@ class Trainer:
                 while self.step < cfg.steps and self.stop_reason is None and self._signal is None:
                     metrics = self.train_step()
                     self.step += 1
-                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                        metrics.update(self.evaluate())
-                        if cfg.patience and self.evals_without_improvement >= cfg.patience:
-                            self.stop_reason = EARLY_STOP
-                    self._log(metrics)
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['charts/reward_mean']:.1f}",
-                                    acc=f"{metrics['charts/train_acc']:.2f}",
-                                    dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-",
-                                    H=f"{metrics['losses/entropy']:.2f}")
-                    if self.step % cfg.checkpoint_every == 0 and self._signal is None:
-                        self.save()
+                    self.end_step(metrics, bar)
                 return self.finish()
             finally:
                 bar.close()

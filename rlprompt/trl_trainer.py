@@ -37,7 +37,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 from rlprompt.checkpoint import rng_state, set_rng_state
 from rlprompt.distributed import SaveOnMainProcess, unwrap_scorer, world_size
 from rlprompt.errors import UserError
-from rlprompt.trainer import EARLY_STOP, Trainer, repeated_token_rate
+from rlprompt.trainer import Trainer, repeated_token_rate
 
 
 class PolicyMaskProcessor(LogitsProcessor):
@@ -160,18 +160,7 @@ class _Bookkeeping(TrainerCallback):
         for key, (name, scale) in trl_names.items():
             if key in logs:
                 metrics[name] = float(logs[key]) * scale
-        if t.step % cfg.eval_every == 0 or t.step == cfg.steps:
-            metrics.update(t.evaluate())
-            if cfg.patience and t.evals_without_improvement >= cfg.patience:
-                t.stop_reason = EARLY_STOP
-        t._log(metrics)
-        self.bar.update(1)
-        self.bar.set_postfix(reward=f"{metrics.get('charts/reward_mean', float('nan')):.1f}",
-                             acc=f"{metrics.get('charts/train_acc', float('nan')):.2f}",
-                             dev=f"{t.best_dev:.2f}" if t.best_dev >= 0 else "-",
-                             H=f"{metrics.get('losses/entropy', float('nan')):.2f}")
-        if t.step % cfg.checkpoint_every == 0:
-            t.save()
+        t.end_step(metrics, self.bar)
         if t.stop_reason is not None or t._signal is not None:
             control.should_training_stop = True
         return control
