@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
+from rlprompt.runs import read_prompts_json, read_run, read_text
 from rlprompt.tasks import spec_from_flags
 
 MODEL_DEFAULTS = {"task_model": "smollm2-135m", "dtype": "auto"}
@@ -65,59 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} is a folder, not a file: {path}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
-
-
 def read_prompts_file(path: str) -> list[str]:
     """One prompt per line; blank lines skipped; a UserError when there is none."""
-    lines = _read_text(Path(path), "prompts file").splitlines()
+    lines = read_text(Path(path), "prompts file").splitlines()
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise UserError(f"prompts file {path} has no prompts (one per line)")
     return prompts
-
-
-def read_run(run_dir: str, top_k: int, need_prompts: bool = True) -> tuple[list[str], dict]:
-    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {}).
-    Without `need_prompts`, a run that has no prompts.json yet (interrupted) gives no prompts."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise UserError(f"run folder not found: {root}")
-    if not need_prompts and not (root / "prompts.json").exists():
-        rows = None
-    else:
-        rows = _read_prompts_json(root)
-    config = {}
-    if (root / "config.json").is_file():
-        try:
-            config = json.loads(_read_text(root / "config.json", "config.json of the run"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        config = config if isinstance(config, dict) else {}
-    return [r["prompt"] for r in (rows or [])[:top_k]], config
-
-
-def _read_prompts_json(root: Path) -> list[dict]:
-    try:
-        rows = json.loads(_read_text(root / "prompts.json", "prompts.json of the run"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{root / 'prompts.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
-                                             for r in rows):
-        raise UserError(f"{root / 'prompts.json'}: expected a list of objects with a \"prompt\" string")
-    if not rows:
-        raise UserError(f"{root / 'prompts.json'} holds no prompts")
-    return rows
 
 
 def collect_prompts(args, run_prompts: list[str], manual: str, sampled: list[str] = ()) -> list[tuple[str, str]]:
@@ -180,8 +135,8 @@ def plot_run(run_dir: str) -> int:
     root = Path(run_dir)
     history = run_history(root)
     if (root / "summary.json").is_file() and (root / "prompts.json").is_file():
-        summary = json.loads(_read_text(root / "summary.json", "summary.json of the run"))
-        write_run_report(root, summary, _read_prompts_json(root), history)
+        summary = json.loads(read_text(root / "summary.json", "summary.json of the run"))
+        write_run_report(root, summary, read_prompts_json(root), history)
         print(f"wrote {root / CURVES_PNG} and {root / 'report.md'}")
     else:
         plot_curves(history, root / CURVES_PNG, title=f"{root.name} (unfinished)")

@@ -24,16 +24,14 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlprompt.cli import quiet_transformers  # noqa: E402
-from rlprompt.models import fast_bf16, load_lm, pick_device  # noqa: E402
-from rlprompt.scorer import CachedScorer, NaiveScorer  # noqa: E402
-from rlprompt.tasks import load_task  # noqa: E402
+from rlprompt.cli import quiet_transformers
+from rlprompt.models import fast_bf16, load_lm, pick_device
+from rlprompt.scorer import CachedScorer, NaiveScorer
+from rlprompt.tasks import load_task
 
 # Realistic ~5-token prompts: 16 for the timed calls, 16 others for the warm-up.
 TIMED_PROMPTS = [

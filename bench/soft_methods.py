@@ -13,13 +13,11 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from rlprompt.cli import quiet_transformers, run_cli  # noqa: E402
+from rlprompt.cli import quiet_transformers, run_cli
 
 
 def parse_option(text: str) -> tuple[str, str]:

@@ -11,18 +11,17 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from rlprompt.cli import quiet_transformers  # noqa: E402
-from rlprompt.config import TrainConfig  # noqa: E402
-from rlprompt.trainer import Trainer  # noqa: E402
+from rlprompt.build import build
+from rlprompt.checkpoint import seed_everything
+from rlprompt.cli import quiet_transformers
+from rlprompt.config import TrainConfig
+from rlprompt.runs import load_run_task
+from rlprompt.trainer import Trainer
 
 
 def main() -> None:
@@ -36,8 +35,9 @@ def main() -> None:
     quiet_transformers()
     cfg = TrainConfig(task=args.task, task_dtype=args.task_dtype, prompts_per_step=args.prompts_per_step,
                       steps=args.steps, device=args.device)
-    train.seed_everything(cfg.seed)
-    task, scorer, policy, train_env, dev_env = train.build(cfg)
+    seed_everything(cfg.seed)
+    _, task = load_run_task(cfg, None)
+    scorer, policy, train_env, dev_env = build(cfg, task)
     trainer = Trainer(cfg, policy, train_env, dev_env, Path(tempfile.mkdtemp()))
     rows = []
     for _ in range(args.steps):

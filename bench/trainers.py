@@ -15,21 +15,20 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from rlprompt.cli import quiet_transformers  # noqa: E402
-from rlprompt.config import TRAINERS, TrainConfig  # noqa: E402
-from rlprompt.distributed import process_device  # noqa: E402
-from rlprompt.evaluation import evaluate_prompts  # noqa: E402
-from rlprompt.models import dtype_name, parse_dtype  # noqa: E402
+from rlprompt.build import build, trainer_class
+from rlprompt.checkpoint import seed_everything
+from rlprompt.cli import quiet_transformers
+from rlprompt.config import TRAINERS, TrainConfig
+from rlprompt.distributed import process_device
+from rlprompt.evaluation import evaluate_prompts
+from rlprompt.models import dtype_name, parse_dtype
+from rlprompt.runs import load_run_task
 
 
 def run_trainer(name: str, args) -> dict:
@@ -43,11 +42,11 @@ def train_and_test(name: str, args, run_dir: str) -> dict:
     cfg = TrainConfig(task=args.task, seed=args.seed, task_dtype=args.task_dtype, device=args.device,
                       trainer=name, prompts_per_step=args.prompts_per_step, eval_every=args.eval_every,
                       patience=0, checkpoint_every=10**6, out=run_dir)
-    train.seed_everything(cfg.seed)
-    _, task = train.load_run_task(cfg, None)
-    scorer, policy, train_env, dev_env = train.build(cfg, task)
+    seed_everything(cfg.seed)
+    _, task = load_run_task(cfg, None)
+    scorer, policy, train_env, dev_env = build(cfg, task)
     cfg = dataclasses.replace(cfg, steps=max(1, args.pairs // (args.prompts_per_step * len(task.train))))
-    trainer = train.trainer_class(cfg)(cfg, policy, train_env, dev_env, Path(cfg.out))
+    trainer = trainer_class(cfg)(cfg, policy, train_env, dev_env, Path(cfg.out))
     t0 = time.perf_counter()
     status = trainer.run(progress=args.progress)
     train_s = time.perf_counter() - t0

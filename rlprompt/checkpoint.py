@@ -35,6 +35,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (one place, as in CleanRL)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state(generator: torch.Generator) -> dict:
     """Python, numpy, torch and the sampling generator's RNG states."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),

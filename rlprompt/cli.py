@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 
 
@@ -41,3 +43,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         from rlprompt.errors import UserError
 
         raise UserError(f"{message} (see --help)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does, so the CLI exits with
+    one line instead of dying silently."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -70,7 +70,7 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
                    device: str = "auto", progress: bool = True, meta: dict | None = None) -> list[MethodResult]:
     """Run each method under `budget` pairs; write comparison.{json,md,png} to `out_dir` after each one."""
     from rlprompt.scorer import build_scorer
-    from train import seed_everything
+    from rlprompt.checkpoint import seed_everything
 
     options = options or {}
     results = []

@@ -14,21 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from accelerate.utils import gather_object
+from transformers import AutoTokenizer
 
-from accelerate.utils import gather_object  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-import train  # noqa: E402
-from envs import PromptClassificationEnv  # noqa: E402
-from rlprompt.config import TrainConfig  # noqa: E402
-from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,  # noqa: E402
+from envs import PromptClassificationEnv
+from rlprompt.checkpoint import seed_everything
+from rlprompt.config import TrainConfig
+from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,
                                   world_size)
-from rlprompt.models import resolve_model_path  # noqa: E402
-from rlprompt.policy import PromptPolicy  # noqa: E402
-from rlprompt.scorer import CachedScorer  # noqa: E402
-from rlprompt.tasks import Example  # noqa: E402
-from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm  # noqa: E402
+from rlprompt.models import resolve_model_path
+from rlprompt.policy import PromptPolicy
+from rlprompt.scorer import CachedScorer
+from rlprompt.tasks import Example
+from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
 
 # Seven examples of different lengths: two processes get 4 and 3, with different padding.
 EXAMPLES = [Example(text, i % 2) for i, text in enumerate([
@@ -60,7 +58,7 @@ def reinforce_experiment(run_dir: Path) -> dict:
     fixed_rewards, fixed_accs = env.score_texts(PROMPTS)
     cfg = TrainConfig(steps=3, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0,
                       checkpoint_every=3, adaptor_hidden=64, seed=0, prompts_per_step=4)
-    train.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
     trainer = DataParallelTrainer(cfg, policy, env, env, run_dir)
     trainer.run(progress=False)
@@ -80,7 +78,7 @@ def trl_experiment(run_dir: Path) -> dict:
     tok = tokenizer()
     cfg = TrainConfig(steps=2, prompt_length=3, top_k=64, lr=3e-3, eval_every=2, patience=0,
                       checkpoint_every=2, adaptor_hidden=64, seed=0, prompts_per_step=4, trainer="trl-grpo")
-    train.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
     env = make_env(ShardedScorer(ParityTaskLM(tok)), tok, TOY_EXAMPLES)
     trainer = GRPOPromptTrainer(cfg, policy, env, env, run_dir)

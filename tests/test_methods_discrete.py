@@ -273,7 +273,7 @@ def test_rl_row_derives_its_steps_from_the_budget(smol_tokenizer, tmp_path):
 
 
 def test_rl_row_loads_a_finished_run(tiny_lm, smol_tokenizer, tmp_path):
-    import train
+    from rlprompt.build import build_policy_and_envs
     from rlprompt.config import TrainConfig
     from rlprompt.trainer import Trainer
 
@@ -281,7 +281,7 @@ def test_rl_row_loads_a_finished_run(tiny_lm, smol_tokenizer, tmp_path):
     task = toy_task()
     scorer = CachedScorer(model, tok, task.template, task.verbalizers)
     cfg = TrainConfig(steps=3, prompts_per_step=4, prompt_length=3, top_k=32, adaptor_hidden=32, eval_every=2)
-    policy, train_env, dev_env = train.build_policy_and_envs(cfg, fresh_tiny_lm(tok, 1), tok, scorer, task)
+    policy, train_env, dev_env = build_policy_and_envs(cfg, fresh_tiny_lm(tok, 1), tok, scorer, task)
     trainer = Trainer(cfg, policy, train_env, dev_env, tmp_path)
     trainer.run(progress=False)
     best = trainer.leaderboard.best(1)[0]

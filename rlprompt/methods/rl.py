@@ -63,7 +63,8 @@ def run(ctx: MethodContext) -> MethodResult:
     """Train the RL policy under the budget (or load option `run`) and return its dev-selected prompt."""
     if ctx.options.get("run"):
         return load_run(ctx, Path(ctx.options["run"]))
-    import train  # the CLI's build pieces (the repository root is on sys.path for the CLIs and tests)
+    from rlprompt.build import build_policy_and_envs
+    from rlprompt.checkpoint import seed_everything
     from rlprompt.models import load_lm, pick_device
 
     search = PromptSearch(ctx, desc="rl", bar=False)  # the Trainer shows its own bar
@@ -73,8 +74,8 @@ def run(ctx: MethodContext) -> MethodResult:
         cfg = train_config(ctx, search.scorer.budget, str(run_dir))
         device = pick_device(ctx.device)
         policy_model, policy_tok = ctx.options.get("policy_lm") or load_lm(ctx.policy_model, device, "fp32")
-        train.seed_everything(ctx.seed)
-        policy, train_env, dev_env = train.build_policy_and_envs(cfg, policy_model, policy_tok, search.scorer,
+        seed_everything(ctx.seed)
+        policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, search.scorer,
                                                                  ctx.task)
         trainer = _BudgetTrainer(cfg, policy, train_env, dev_env, run_dir, None, search=search)
         try:
@@ -89,9 +90,9 @@ def run(ctx: MethodContext) -> MethodResult:
 
 def load_run(ctx: MethodContext, run_dir: Path) -> MethodResult:
     """A finished train.py run as the RL row (its best prompt re-scored here; pairs from its memo)."""
-    from evaluate import read_run
     from rlprompt.checkpoint import load_checkpoint
     from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.runs import read_run
 
     start = time.perf_counter()
     prompts, config = read_run(str(run_dir), 1)

@@ -1,0 +1,48 @@
+"""Assemble a run from its config: the task LM's scorer, the policy, the train/dev environments and
+the training loop that --trainer names."""
+
+from __future__ import annotations
+
+from rlprompt.config import TrainConfig
+
+
+def build(cfg: TrainConfig, task):
+    """Task-LM scorer, policy and the train/dev environments of a config and its task."""
+    from rlprompt.distributed import ShardedScorer, process_device, world_size
+    from rlprompt.models import load_lm
+    from rlprompt.scorer import build_scorer
+
+    device = process_device(cfg.device)
+    task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
+    scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
+    if world_size() > 1:  # under `accelerate launch`: each process scores its share of the examples
+        scorer = ShardedScorer(scorer)
+    policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
+    policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, scorer, task)
+    return scorer, policy, train_env, dev_env
+
+
+def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):
+    """The policy on a loaded policy LM, and the train/dev environments that score with `scorer`."""
+    from envs import PromptClassificationEnv
+    from rlprompt.policy import PromptPolicy
+
+    policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
+                          cfg.no_repeat, cfg.policy_start)
+    vocab = policy_model.get_output_embeddings().weight.shape[0]
+    decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
+    train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length)
+    dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
+    return policy, train_env, dev_env
+
+
+def trainer_class(cfg: TrainConfig):
+    """The loop of --trainer: the REINFORCE Trainer (data-parallel under accelerate), or trl's GRPO."""
+    from rlprompt.distributed import DataParallelTrainer, world_size
+    from rlprompt.trainer import Trainer
+
+    if cfg.trainer == "trl-grpo":
+        from rlprompt.trl_trainer import GRPOPromptTrainer
+
+        return GRPOPromptTrainer
+    return DataParallelTrainer if world_size() > 1 else Trainer

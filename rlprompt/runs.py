@@ -1,0 +1,167 @@
+"""A run folder: where a training run lives, what it writes there and how it is read back.
+
+    run_dir/ config.json  task.yaml  checkpoint.pt  prompts.json  summary.json  history.json
+             report.md  curves.png  events.out.tfevents.*  (TensorBoard)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from rlprompt.checkpoint import atomic_write_text
+from rlprompt.cli import sigterm_as_interrupt
+from rlprompt.config import TrainConfig
+from rlprompt.errors import UserError
+
+# Identity of a run: a resumed run must not change these.
+RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
+                "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
+                "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
+                "policy_start", "init_prompt", "trainer")
+TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
+
+
+def make_run_dir(cfg: TrainConfig, task_name: str) -> Path:
+    """The run folder (created); a UserError when it cannot be written."""
+    from rlprompt.distributed import same_on_all_processes
+
+    default = f"runs/{task_name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(same_on_all_processes(cfg.out or default))  # rank 0's clock under accelerate launch
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run folder {run_dir}: {e.strerror or e}") from None
+    return run_dir
+
+
+def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
+    """(TaskSpec with paths resolved, Task): the resumed run's task.yaml, else the one the flags name."""
+    from rlprompt.tasks import TaskSpec
+
+    if resume_dir is not None and (resume_dir / TASK_FILE).is_file():
+        spec = TaskSpec.from_file(resume_dir / TASK_FILE)
+    else:
+        spec = cfg.task_spec().resolved(cfg.data_dir, cfg.seed)
+    return spec, spec.load(cfg.data_dir, cfg.seed, cfg.allow_download)
+
+
+def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path) -> dict:
+    """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
+    then score the best prompts (and the baselines) on test and write them again with test figures.
+
+    Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
+    `--resume` runs this again."""
+    best = trainer.leaderboard.best(cfg.top_prompts)
+    baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
+    dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))  # collective
+    summary = write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, {})
+    if cfg.skip_test or not task.test:
+        return summary
+    from rlprompt.distributed import is_main_process
+    from rlprompt.evaluation import evaluate_prompts
+
+    texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
+    with sigterm_as_interrupt():
+        rows = evaluate_prompts(scorer, texts, task.test, progress=is_main_process())  # collective
+    test = {row["prompt"]: row["accuracy"] for row in rows}
+    for r in best[:3]:
+        r.test_acc = test[r.prompt]
+    return write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, test)
+
+
+def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, best, baselines: dict,
+                      dev: dict, test: dict) -> dict:
+    """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
+    only); returns the summary. `test` maps prompt to test accuracy, empty before test scoring."""
+    from rlprompt.distributed import is_main_process
+    from rlprompt.models import dtype_name
+    from rlprompt.report import write_run_report
+
+    rows = [dataclasses.asdict(r) for r in best]
+    summary = {
+        "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
+        "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
+        "wall_s": round(trainer.train_s, 1), "skipped_steps": trainer.skipped_steps,
+        "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
+        "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
+        "pairs_scored": scorer.pairs_scored,
+        "best_prompt": rows[0] if rows else None,
+        "baselines": [{"name": n, "prompt": p, "dev_acc": float(dev[p]), "test_acc": test.get(p)}
+                      for n, p in baselines.items()],
+        "config": dataclasses.asdict(cfg),
+    }
+    if is_main_process():
+        atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
+        write_run_report(run_dir, summary, rows, trainer.history)
+    return summary
+
+
+def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
+    """The end-of-run table: best prompts and baselines with dev and test accuracy."""
+    def pct(x):
+        return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+    print(f"\n{summary['stop_reason']} after {summary['steps']} steps ({summary['wall_s']:.0f} s)")
+    print(f"{'prompt':<50} {'dev':>7} {'test':>7}")
+    for r in best_rows:
+        print(f"{r['prompt'][:50]:<50} {pct(r['dev_acc']):>7} {pct(r['test_acc']):>7}")
+    for b in summary["baselines"]:
+        label = f"[{b['name']}] {b['prompt']}"[:50]
+        print(f"{label:<50} {pct(b['dev_acc']):>7} {pct(b['test_acc']):>7}")
+    print(f"run saved in {run_dir}: report.md, curves.png, prompts.json, summary.json, checkpoint.pt, "
+          "TensorBoard logs")
+
+
+def read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder, not a file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_run(run_dir: str, top_k: int, need_prompts: bool = True) -> tuple[list[str], dict]:
+    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {}).
+    Without `need_prompts`, a run that has no prompts.json yet (interrupted) gives no prompts."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"run folder not found: {root}")
+    if not need_prompts and not (root / "prompts.json").exists():
+        rows = None
+    else:
+        rows = read_prompts_json(root)
+    config = {}
+    if (root / "config.json").is_file():
+        try:
+            config = json.loads(read_text(root / "config.json", "config.json of the run"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        config = config if isinstance(config, dict) else {}
+    return [r["prompt"] for r in (rows or [])[:top_k]], config
+
+
+def read_prompts_json(root: Path) -> list[dict]:
+    try:
+        rows = json.loads(read_text(root / "prompts.json", "prompts.json of the run"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{root / 'prompts.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                                             for r in rows):
+        raise UserError(f"{root / 'prompts.json'}: expected a list of objects with a \"prompt\" string")
+    if not rows:
+        raise UserError(f"{root / 'prompts.json'} holds no prompts")
+    return rows
