@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a UTF-8 text file with one prompt per line (blank lines skipped)")
     p.add_argument("--run", metavar="DIR", help="a train.py run folder: score the best prompts of its "
                    "prompts.json on the run's task with the run's task model (unless flags say otherwise)")
-    p.add_argument("--top-k", type=int, default=5, help="how many of the run's prompts (default 5)")
+    p.add_argument("--num-prompts", type=int, default=5, metavar="N",
+                   help="with --run: how many of the run's best prompts to score (default 5)")
     p.add_argument("--sample", type=int, metavar="N", help="with --run: sample N distinct prompts from the "
                    "trained policy (greedy first), score them and list them best first")
     p.add_argument("--plot", action="store_true", help="with --run: write the run's curves.png (and "
@@ -130,7 +131,7 @@ def run_task_spec(args, run_dir: str | None, run_config: dict):
 
 def plot_run(run_dir: str) -> int:
     """evaluate.py --run DIR --plot: the curves PNG (and report.md for a finished run)."""
-    from rlprompt.report import CURVES_PNG, plot_curves, run_history, write_run_report
+    from rlprompt.report import CURVES_PNG, plot_run_curves, run_history, write_run_report
 
     root = Path(run_dir)
     history = run_history(root)
@@ -139,15 +140,17 @@ def plot_run(run_dir: str) -> int:
         write_run_report(root, summary, read_prompts_json(root), history)
         print(f"wrote {root / CURVES_PNG} and {root / 'report.md'}")
     else:
-        plot_curves(history, root / CURVES_PNG, title=f"{root.name} (unfinished)")
+        plot_run_curves(history, root / CURVES_PNG, title=f"{root.name} (unfinished)")
         print(f"wrote {root / CURVES_PNG}")
     return 0
 
 
-def evaluate(argv=None) -> int:
+def run(argv=None) -> int:
+    """The command: score prompts (given, from a run, or sampled from its policy) on the task's splits;
+    or, with --plot, draw a run's curves; or, with --compare, run the method comparison."""
     args = build_parser().parse_args(argv)
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.num_prompts < 1:
+        raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.sample is not None and args.sample < 1:
@@ -162,7 +165,7 @@ def evaluate(argv=None) -> int:
     if args.plot:
         return plot_run(args.run)
 
-    run_prompts, run_config = read_run(args.run, args.top_k, need_prompts=not args.sample) \
+    run_prompts, run_config = read_run(args.run, args.num_prompts, need_prompts=not args.sample) \
         if args.run else ([], {})
     for flag, key in (("task_model", "task_model"), ("dtype", "task_dtype")):
         if getattr(args, flag) is None:  # explicit flag, else the run's setting, else the default
@@ -233,7 +236,7 @@ def evaluate(argv=None) -> int:
 
 def main(argv=None) -> int:
     """Entry point; a UserError prints one `error:` line to stderr and returns 2."""
-    return run_cli(lambda: evaluate(argv))
+    return run_cli(lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -75,17 +75,17 @@ def main(argv=None) -> int:
     if state is not None:
         trainer.load_state_dict(state)
         if main_process:
-            print(f"resumed {run_dir} at step {trainer.step}")
+            print(f"resumed {run_dir} at step {trainer.book.step}")
     status = trainer.run(progress=main_process)
     if writer is not None:
         writer.flush()
     if status == "interrupted":
         if main_process:
-            print(f"interrupted at step {trainer.step}; checkpoint saved. Resume with: "
+            print(f"interrupted at step {trainer.book.step}; checkpoint saved. Resume with: "
                   f"python train.py --resume {run_dir}", file=sys.stderr)
         return 130
     try:
-        summary = finalize(cfg, trainer, task, scorer, run_dir)  # every process: collective
+        summary = finalize(cfg, trainer.book, task, scorer, run_dir)  # every process: collective
     except KeyboardInterrupt:
         if main_process:
             print(f"interrupted while scoring the test set; training is saved and {run_dir} holds the dev "

@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     for _ in range(args.steps):
         rows.append(trainer.train_step())
-        trainer.step += 1
+        trainer.book.step += 1
     keys = {"sample_s": "time/sample_s", "score_s": "time/score_s", "update_s": "time/update_s"}
     rest = rows[1:] or rows
     out = {"bench": "train_step", "task": cfg.task, "prompts": cfg.prompts_per_step,

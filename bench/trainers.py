@@ -51,15 +51,15 @@ def train_and_test(name: str, args, run_dir: str) -> dict:
     status = trainer.run(progress=args.progress)
     train_s = time.perf_counter() - t0
     scored_in_training = scorer.pairs_scored
-    best = trainer.leaderboard.best(1)[0]
+    best = trainer.book.leaderboard.best(1)[0]
     test = evaluate_prompts(scorer, [best.prompt], task.test, progress=args.progress)[0]["accuracy"]
-    train_pairs = trainer.step * args.prompts_per_step * len(task.train)
+    train_pairs = trainer.book.step * args.prompts_per_step * len(task.train)
     return {
-        "status": status, "steps": trainer.step, "best_prompt": best.prompt,
-        "best_dev_acc": round(trainer.best_dev, 4), "test_acc": round(test, 4),
+        "status": status, "steps": trainer.book.step, "best_prompt": best.prompt,
+        "best_dev_acc": round(trainer.book.best_dev, 4), "test_acc": round(test, 4),
         "train_s": round(train_s, 1), "train_pairs": train_pairs,
         "pairs_per_s": round(train_pairs / train_s, 1), "scored_pairs": scored_in_training,
-        "final_reward_mean": round(trainer.history[-1]["charts/reward_mean"], 2),
+        "final_reward_mean": round(trainer.book.history[-1]["charts/reward_mean"], 2),
     }
 
 

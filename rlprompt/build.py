@@ -23,15 +23,16 @@ def build(cfg: TrainConfig, task):
 
 
 def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):
-    """The policy on a loaded policy LM, and the train/dev environments that score with `scorer`."""
-    from envs import PromptClassificationEnv
+    """The policy on a loaded policy LM, the batched train env (cfg.prompts_per_step prompts per
+    batch) and the dev env, both scoring with `scorer`."""
+    from envs import PromptBatchEnv, PromptClassificationEnv
     from rlprompt.policy import PromptPolicy
 
     policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
                           cfg.no_repeat, cfg.policy_start)
     vocab = policy_model.get_output_embeddings().weight.shape[0]
     decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
-    train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length)
+    train_env = PromptBatchEnv(scorer, task.train, decode, vocab, cfg.prompt_length, cfg.prompts_per_step)
     dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
     return policy, train_env, dev_env
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
 import pkgutil
 import shlex
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from rlprompt.errors import UserError
 from rlprompt.methods import METHODS, MethodContext, MethodResult, get_method
+from rlprompt.report import pct
 
 _import_errors: dict[str, str] = {}
 
@@ -95,13 +95,9 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
     return results
 
 
-def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
 def format_row(r: MethodResult) -> str:
     """One line: accuracies, length, pairs and time of a result."""
-    return (f"test {_pct(r.test_acc)} | dev {_pct(r.dev_acc)} | {r.prompt_tokens} tokens | "
+    return (f"test {pct(r.test_acc)} | dev {pct(r.dev_acc)} | {r.prompt_tokens} tokens | "
             f"{r.pairs_scored} pairs | {r.wall_s:.0f} s | prompt {r.prompt!r}")
 
 
@@ -111,12 +107,12 @@ def markdown_table(results: list[MethodResult]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in results:
         prompt = "(soft prompt)" if r.prompt is None else f"`{r.prompt.replace('|', '/')}`" if r.prompt else "(empty)"
-        lines.append(f"| {r.method} | {prompt} | {r.prompt_tokens} | {_pct(r.dev_acc)} | {_pct(r.test_acc)} | "
+        lines.append(f"| {r.method} | {prompt} | {r.prompt_tokens} | {pct(r.dev_acc)} | {pct(r.test_acc)} | "
                      f"{r.pairs_scored} | {r.wall_s:.0f} |")
     return "\n".join(lines)
 
 
-def plot_curves(results: list[MethodResult], budget: int, path: Path, title: str = "") -> None:
+def plot_budget_curves(results: list[MethodResult], budget: int, path: Path, title: str = "") -> None:
     """PNG: best dev accuracy so far against pairs scored, one step line per method."""
     import matplotlib
 
@@ -157,7 +153,7 @@ def write_outputs(out_dir: Path, results: list[MethodResult], budget: int, meta:
         if meta.get("command"):
             head += [f"Command: `{meta['command']}`", ""]
         atomic_write_text(out_dir / "comparison.md", "\n".join(head) + markdown_table(results) + "\n")
-        plot_curves(results, budget, out_dir / "comparison.png",
+        plot_budget_curves(results, budget, out_dir / "comparison.png",
                     f"{meta.get('task', '')}: budget {budget} pairs per method")
     except OSError as e:
         raise UserError(f"cannot write the comparison to {out_dir}: {e.strerror or e}") from None

@@ -108,11 +108,3 @@ def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
             continue
         kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(flag, type=kind, default=f.default, help=help_)
-
-
-def parse_config(argv=None) -> TrainConfig:
-    """Command line -> TrainConfig."""
-    parser = argparse.ArgumentParser(
-        description="Train a prompt-writing policy with RL (RLPrompt) on a few-shot classification task.")
-    add_arguments(parser)
-    return TrainConfig(**vars(parser.parse_args(argv)))

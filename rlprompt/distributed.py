@@ -100,6 +100,13 @@ class ShardedScorer:
         """Pairs this process sent through its model (see `total_pairs_scored` for all processes)."""
         return self.scorer.pairs_scored
 
+    def state_dict(self) -> dict:
+        """Nothing: each process's memo holds only its share, and the checkpoint is rank 0's."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
     def total_pairs_scored(self) -> int:
         """Pairs scored by all processes together (a collective call)."""
         from accelerate.utils import gather_object
@@ -139,20 +146,10 @@ def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
             torch.distributed.broadcast(tensor.data, src=src)
 
 
-class SaveOnMainProcess:
-    """Trainer mixin: only rank 0 writes the checkpoint; the other processes wait for it."""
-
-    def save(self):
-        state = process_state()
-        path = super().save() if state.is_main_process else None
-        state.wait_for_everyone()
-        return path
-
-
-class DataParallelTrainer(SaveOnMainProcess, Trainer):
+class DataParallelTrainer(Trainer):
     """The REINFORCE Trainer under `accelerate launch`: scoring is sharded (give it envs built on a
     ShardedScorer), the update runs on every process, rank 0's adaptor is then copied to all, and only
-    rank 0 writes the checkpoint."""
+    rank 0 writes the checkpoint (as the Bookkeeper does under torch.distributed)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

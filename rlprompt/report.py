@@ -34,7 +34,7 @@ def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), np.array(values, dtype=float)
 
 
-def plot_curves(history: list[dict], path: str | Path, baselines: dict[str, float] | None = None,
+def plot_run_curves(history: list[dict], path: str | Path, baselines: dict[str, float] | None = None,
                 title: str = "") -> Path:
     """Write a PNG of the run's curves: reward mean/max with smoothed lines; train accuracy, dev
     accuracy of the greedy prompt and best dev accuracy, with the baselines' dev accuracies (name ->
@@ -95,8 +95,9 @@ def plot_curves(history: list[dict], path: str | Path, baselines: dict[str, floa
     return path
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+def pct(x) -> str:
+    """An accuracy as a percentage with one decimal ("81.3%"), or "–" when it is missing (None or NaN)."""
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], history: list[dict]) -> Path:
@@ -104,7 +105,7 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
     run_dir = Path(run_dir)
     cfg = summary.get("config", {})
     baselines = {b["name"]: b["dev_acc"] for b in summary.get("baselines", []) if b.get("dev_acc") is not None}
-    plot_curves(history, run_dir / CURVES_PNG, baselines,
+    plot_run_curves(history, run_dir / CURVES_PNG, baselines,
                 title=f"{summary.get('task')} — seed {summary.get('seed')}")
     n = summary.get("examples", {})
     lines = [
@@ -123,12 +124,12 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
         "| # | prompt | dev acc | test acc | train reward | found at step |", "|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(prompts, 1):
-        lines.append(f"| {i} | `{r['prompt']}` | {_pct(r.get('dev_acc'))} | {_pct(r.get('test_acc'))} | "
+        lines.append(f"| {i} | `{r['prompt']}` | {pct(r.get('dev_acc'))} | {pct(r.get('test_acc'))} | "
                      f"{r.get('train_reward', 0):.1f} | {r.get('step')} |")
     lines += ["", "## Baselines (same template and verbalizers)", "", "| baseline | prompt | dev acc | test acc |",
               "|---|---|---|---|"]
     for b in summary.get("baselines", []):
-        lines.append(f"| {b['name']} | `{b['prompt']}` | {_pct(b.get('dev_acc'))} | {_pct(b.get('test_acc'))} |")
+        lines.append(f"| {b['name']} | `{b['prompt']}` | {pct(b.get('dev_acc'))} | {pct(b.get('test_acc'))} |")
     lines += ["", "## Curves", "", f"![training curves]({CURVES_PNG})", ""]
     atomic_write_text(run_dir / REPORT_MD, "\n".join(lines))
     return run_dir / REPORT_MD

@@ -52,16 +52,16 @@ def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
     return spec, spec.load(cfg.data_dir, cfg.seed, cfg.allow_download)
 
 
-def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path) -> dict:
+def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
     """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
     then score the best prompts (and the baselines) on test and write them again with test figures.
 
     Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
-    `--resume` runs this again."""
-    best = trainer.leaderboard.best(cfg.top_prompts)
+    `--resume` runs this again. `book` is the trainer's Bookkeeper."""
+    best = book.leaderboard.best(cfg.top_prompts)
     baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
-    dev = dict(zip(baselines.values(), trainer.dev_env.score_texts(list(baselines.values()))[1]))  # collective
-    summary = write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, {})
+    dev = dict(zip(baselines.values(), book.dev_env.score_texts(list(baselines.values()))[1]))  # collective
+    summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, baselines, dev, {})
     if cfg.skip_test or not task.test:
         return summary
     from rlprompt.distributed import is_main_process
@@ -73,10 +73,10 @@ def finalize(cfg: TrainConfig, trainer, task, scorer, run_dir: Path) -> dict:
     test = {row["prompt"]: row["accuracy"] for row in rows}
     for r in best[:3]:
         r.test_acc = test[r.prompt]
-    return write_run_outputs(cfg, trainer, task, scorer, run_dir, best, baselines, dev, test)
+    return write_run_outputs(cfg, book, task, scorer, run_dir, best, baselines, dev, test)
 
 
-def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, best, baselines: dict,
+def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: dict,
                       dev: dict, test: dict) -> dict:
     """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
     only); returns the summary. `test` maps prompt to test accuracy, empty before test scoring."""
@@ -87,8 +87,8 @@ def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, best, baselines
     rows = [dataclasses.asdict(r) for r in best]
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
-        "seed": cfg.seed, "steps": trainer.step, "stop_reason": trainer.stop_reason,
-        "wall_s": round(trainer.train_s, 1), "skipped_steps": trainer.skipped_steps,
+        "seed": cfg.seed, "steps": book.step, "stop_reason": book.stop_reason,
+        "wall_s": round(book.train_s, 1), "skipped_steps": book.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
         "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "pairs_scored": scorer.pairs_scored,
@@ -100,8 +100,8 @@ def write_run_outputs(cfg, trainer, task, scorer, run_dir: Path, best, baselines
     if is_main_process():
         atomic_write_text(run_dir / "prompts.json", json.dumps(rows, indent=2))
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-        atomic_write_text(run_dir / "history.json", json.dumps(trainer.history))
-        write_run_report(run_dir, summary, rows, trainer.history)
+        atomic_write_text(run_dir / "history.json", json.dumps(book.history))
+        write_run_report(run_dir, summary, rows, book.history)
     return summary
 
 
@@ -134,8 +134,8 @@ def read_text(path: Path, what: str) -> str:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
-def read_run(run_dir: str, top_k: int, need_prompts: bool = True) -> tuple[list[str], dict]:
-    """The first `top_k` prompts of a run's prompts.json (best first) and its config.json (or {}).
+def read_run(run_dir: str, num_prompts: int, need_prompts: bool = True) -> tuple[list[str], dict]:
+    """The first `num_prompts` prompts of a run's prompts.json (best first) and its config.json (or {}).
     Without `need_prompts`, a run that has no prompts.json yet (interrupted) gives no prompts."""
     root = Path(run_dir)
     if not root.is_dir():
@@ -151,7 +151,7 @@ def read_run(run_dir: str, top_k: int, need_prompts: bool = True) -> tuple[list[
         except json.JSONDecodeError as e:
             raise UserError(f"{root / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
         config = config if isinstance(config, dict) else {}
-    return [r["prompt"] for r in (rows or [])[:top_k]], config
+    return [r["prompt"] for r in (rows or [])[:num_prompts]], config
 
 
 def read_prompts_json(root: Path) -> list[dict]:

@@ -78,7 +78,8 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _key(sentences: list[str]) -> str:
+def chunk_key(sentences) -> str:
+    """A short key for a list of sentences (the memo of scores is keyed by prompt and this)."""
     return hashlib.sha1("\x00".join(sentences).encode()).hexdigest()
 
 
@@ -99,6 +100,17 @@ class _BaseScorer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def state_dict(self) -> dict:
+        """The score memo, for a checkpoint (empty for a scorer without one)."""
+        memo = getattr(self, "score_cache", None)
+        return {} if memo is None else {"score_cache": dict(memo)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Add a checkpoint's memoized scores to this scorer's memo (a scorer without one ignores them)."""
+        memo = getattr(self, "score_cache", None)
+        if memo is not None:
+            memo.update(state.get("score_cache", {}))
 
     def check_fits(self, prompts: list[str], sentences: list[str]) -> None:
         """Raise a UserError, before any scoring, for a prompt that with the longest input does not
@@ -176,7 +188,7 @@ class CachedScorer(_BaseScorer):
         chunks = []
         for c in range(0, len(sentences), self.example_chunk):
             chunk = sentences[c:c + self.example_chunk]
-            key = _key(chunk)
+            key = chunk_key(chunk)
             todo = list(dict.fromkeys(p for p in prompts if (p, key) not in self.score_cache))
             self.cache_hits += len(prompts) - len(todo)
             if todo:

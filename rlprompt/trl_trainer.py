@@ -20,24 +20,28 @@ the same proportion (Adam does not care about the overall scale). What still dif
 the unbiased one (+1e-4), and its KL is the k3 estimate on the sampled tokens (with the importance
 correction that makes its gradient unbiased) rather than the exact KL over the vocabulary.
 
+The rewards come from the same batched env as the default trainer's: each process steps its share of the
+group through an `envs.PromptBatchEnv` (on its process-local scorer), one token column per env step.
 Leaderboard, dev evaluation, early stopping, TensorBoard scalars, checkpoint and resume are the default
-Trainer's (this class extends it), so a run writes the same files whichever trainer made it.
+Trainer's `Bookkeeper`, called from a trl callback, so a run writes the same files whichever trainer made it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 
+from envs import PromptBatchEnv, step_through
+from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.checkpoint import rng_state, set_rng_state
-from rlprompt.distributed import SaveOnMainProcess, unwrap_scorer, world_size
+from rlprompt.distributed import unwrap_scorer, world_size
 from rlprompt.errors import UserError
-from rlprompt.trainer import Trainer, repeated_token_rate
 
 
 class PolicyMaskProcessor(LogitsProcessor):
@@ -68,8 +72,22 @@ class BaseModelReference:
             return self.policy.model(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def masked_generation(policy):
+    """Within the block `policy.model.generate` applies the policy's sampling mask: trl calls
+    `model.generate(**inputs, generation_config=...)`, so the mask processor is bound to it."""
+    model = policy.model
+    mask = LogitsProcessorList([PolicyMaskProcessor(policy)])
+    model.generate = functools.partial(type(model).generate, model, logits_processor=mask)
+    try:
+        yield
+    finally:
+        del model.generate
+
+
 class GroupReward:
-    """The trl reward function: RLPrompt's classification reward of each sampled prompt, scored by `env`.
+    """The trl reward function: the reward of each sampled prompt, from stepping this process's
+    completions through a batched env like `train_env` (same examples and reward, process-local scorer).
 
     It also gathers the whole group from every process into the leaderboard and the step's metrics, so
     that they are the same on every process.
@@ -77,22 +95,32 @@ class GroupReward:
 
     __name__ = "classification_reward"  # the name trl logs the reward under
 
-    def __init__(self, env, trainer: "GRPOPromptTrainer"):
-        self.env = env
-        self.trainer = trainer
+    def __init__(self, train_env, book: Bookkeeper):
+        self.train_env = train_env
+        self.book = book
+        self.envs: PromptBatchEnv | None = None
         self.metrics: dict = {}
+
+    def batch_env(self, n: int) -> PromptBatchEnv:
+        """The batched env for n completions, on the process-local scorer (trl gathers the rewards)."""
+        if self.envs is None or self.envs.num_envs != n:
+            e = self.train_env
+            self.envs = PromptBatchEnv(unwrap_scorer(e.scorer), e.examples, e.decode, e.vocab_size,
+                                       e.prompt_length, num_envs=n, reward_fn=e.reward_fn)
+        return self.envs
 
     def __call__(self, prompts, completions, completion_ids, **_) -> list[float]:
         from accelerate.utils import gather_object
 
         t0 = time.perf_counter()
-        rewards, accuracies, texts = self.env.score_batch(completion_ids)
+        rewards, infos = step_through(self.batch_env(len(completion_ids)), completion_ids)
+        accuracies, texts = infos["accuracy"], list(infos["prompt"])
         score_s = time.perf_counter() - t0
         all_rewards = np.asarray(gather_object([float(r) for r in rewards]), dtype=np.float64)
         all_accs = np.asarray(gather_object([float(a) for a in accuracies]))
         all_texts = gather_object(list(texts))
         rows = gather_object([list(map(int, ids)) for ids in completion_ids])
-        self.trainer.leaderboard.add(all_texts, all_rewards, all_accs, self.trainer.step)
+        self.book.add_prompts(all_texts, all_rewards, all_accs)
         finite = all_rewards[np.isfinite(all_rewards)]
         self.metrics = {
             "charts/reward_mean": float(finite.mean()) if len(finite) else float("nan"),
@@ -102,41 +130,16 @@ class GroupReward:
             "charts/train_acc_max": float(all_accs.max()),
             "charts/distinct_prompts": len(set(all_texts)) / len(all_texts),
             "charts/repeated_token_rate": repeated_token_rate(torch.tensor(rows)),
-            "charts/prompts_seen": len(self.trainer.leaderboard.records),
+            "charts/prompts_seen": len(self.book.leaderboard.records),
             "charts/nonfinite_rewards": len(all_rewards) - len(finite),  # trl gives these zero advantage
             "time/score_s": score_s,
         }
         return [float(r) for r in rewards]
 
 
-def _grpo_trainer_class():
-    from trl import GRPOTrainer
-
-    class AdaptorGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer on a PromptPolicy: the policy's sampling mask and the adaptor-free reference."""
-
-        def __init__(self, policy, beta: float, **kwargs):
-            super().__init__(**kwargs)  # args.beta is 0 here, so trl loads no reference copy
-            self.policy = policy
-            self.policy_mask = LogitsProcessorList([PolicyMaskProcessor(policy)])
-            if beta:
-                self.beta = self.args.beta = beta
-                self.ref_model = BaseModelReference(policy)
-
-        def _generate_single_turn(self, *args, **kwargs):
-            # trl calls model.generate(**inputs, generation_config=...): bind the mask processor to it.
-            model = self.policy.model
-            model.generate = functools.partial(type(model).generate, model, logits_processor=self.policy_mask)
-            try:
-                return super()._generate_single_turn(*args, **kwargs)
-            finally:
-                del model.generate
-
-    return AdaptorGRPOTrainer
-
-
-class _Bookkeeping(TrainerCallback):
-    """After every trl step: the default Trainer's metrics, dev evaluation, early stop and checkpoints."""
+class BookkeepingCallback(TrainerCallback):
+    """After every trl step: the default Trainer's metrics, then the Bookkeeper's end of step (dev
+    evaluation, early stop, logging, checkpoints)."""
 
     def __init__(self, trainer: "GRPOPromptTrainer", bar):
         self.trainer = trainer
@@ -150,41 +153,50 @@ class _Bookkeeping(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs:  # trl's end-of-training summary
             return
-        t, cfg = self.trainer, self.trainer.cfg
-        t.step = t.start_step + state.global_step
+        t, book = self.trainer, self.trainer.book
+        book.step = t.start_step + state.global_step
         metrics = dict(t.reward_fn.metrics)
-        per_prompt = cfg.prompt_length  # trl's KL is a per-token mean; the default trainer logs the sum
+        per_prompt = t.cfg.prompt_length  # trl's KL is a per-token mean; the default trainer logs the sum
         trl_names = {"loss": ("losses/loss", 1.0), "policy_loss": ("losses/policy_loss", 1.0),
                      "entropy": ("losses/entropy", 1.0), "kl": ("losses/kl_to_init", per_prompt),
                      "grad_norm": ("losses/grad_norm", 1.0), "step_time": ("time/step_s", 1.0)}
         for key, (name, scale) in trl_names.items():
             if key in logs:
                 metrics[name] = float(logs[key]) * scale
-        t.end_step(metrics, self.bar)
-        if t.stop_reason is not None or t._signal is not None:
+        book.end_step(metrics, self.bar)
+        if book.should_stop:
             control.should_training_stop = True
         return control
 
 
-class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
-    """The default Trainer's bookkeeping around trl's GRPOTrainer: same constructor, `run`, checkpoint."""
+class GRPOPromptTrainer:
+    """trl's GRPOTrainer on the policy, with the default Trainer's constructor, `run`, Bookkeeper and
+    checkpoint."""
 
     def __init__(self, cfg, policy, train_env, dev_env, run_dir, writer=None):
-        super().__init__(cfg, policy, train_env, dev_env, run_dir, writer)
         if cfg.init_prompt:
             raise UserError("--init-prompt works with --trainer reinforce only (trl samples without a bias)")
         if cfg.reward_scale <= 0:
             raise UserError(f"--reward-scale must be positive with --trainer trl-grpo: {cfg.reward_scale}")
-        from envs import PromptClassificationEnv
-
-        # Each process scores only its own completions; trl gathers the rewards before normalizing them.
-        reward_env = PromptClassificationEnv(unwrap_scorer(train_env.scorer), train_env.examples,
-                                             train_env.decode, train_env.vocab_size, train_env.prompt_length)
-        self.reward_fn = GroupReward(reward_env, self)
+        self.cfg = cfg
+        self.policy = policy
+        self.run_dir = Path(run_dir)
+        self.optimizer = torch.optim.Adam(policy.adaptor.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)  # saved, for resume
+        self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
+        self.reward_fn = GroupReward(train_env, self.book)
         self.start_step = 0
         self.resuming = False
         self._resume_rng = None
         self.trl = None
+
+    def state_dict(self) -> dict:
+        """The checkpoint's contents (see Bookkeeper.state_dict)."""
+        return self.book.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from a checkpoint's contents."""
+        self.book.load_state_dict(state)
 
     def restore_random_state(self) -> None:
         """At the first step after a resume: the random state the checkpoint saved (one process: the
@@ -195,7 +207,7 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
         if world_size() == 1:
             set_rng_state(self._resume_rng, self.generator)
         else:
-            set_seed(self.cfg.seed + self.step, device_specific=True)
+            set_seed(self.cfg.seed + self.book.step, device_specific=True)
         self.resuming = False
 
     def grpo_config(self, max_steps: int):
@@ -222,22 +234,27 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
         )
 
     def build_trl(self, max_steps: int, callbacks=()):
-        """The trl GRPOTrainer for the next `max_steps` steps, sharing this trainer's optimizer."""
+        """trl's GRPOTrainer for the next `max_steps` steps, sharing this trainer's optimizer, with the
+        adaptor-free reference model. Its generation applies the policy's mask inside `masked_generation`."""
         from datasets import Dataset
         from transformers import PrinterCallback, ProgressCallback
+        from trl import GRPOTrainer
 
         policy, cfg = self.policy, self.cfg
         start_text = policy.tokenizer.decode(policy.start_ids)
         if policy.tokenizer(text=[start_text])["input_ids"][0] != list(policy.start_ids):
             raise UserError(f"the policy start {start_text!r} does not tokenize back to itself, which trl "
                             "needs; pass --policy-start TEXT")
-        args = self.grpo_config(max_steps)
-        beta = cfg.kl_coef / cfg.reward_scale  # both trl terms are per-token means: see the docstring
-        trl = _grpo_trainer_class()(
-            policy=policy, beta=beta, model=policy.model, reward_funcs=self.reward_fn, args=args,
+        args = self.grpo_config(max_steps)  # beta 0 here, so trl loads no reference copy
+        trl = GRPOTrainer(
+            model=policy.model, reward_funcs=self.reward_fn, args=args,
             train_dataset=Dataset.from_dict({"prompt": [start_text] * max_steps}),
             processing_class=policy.tokenizer, optimizers=(self.optimizer, None), callbacks=list(callbacks),
         )
+        beta = cfg.kl_coef / cfg.reward_scale  # both trl terms are per-token means: see the docstring
+        if beta:
+            trl.beta = trl.args.beta = beta
+            trl.ref_model = BaseModelReference(policy)
         for cb in (PrinterCallback, ProgressCallback):
             trl.remove_callback(cb)
         if trl.args.device != policy.device and not (trl.args.device.type == policy.device.type == "cpu"):
@@ -247,19 +264,18 @@ class GRPOPromptTrainer(SaveOnMainProcess, Trainer):
 
     def run(self, progress: bool = True) -> str:
         """Train with trl until the step budget, early stop or a signal; returns why it stopped."""
-        cfg = self.cfg
-        remaining = cfg.steps - self.step
-        if remaining <= 0 or self.stop_reason is not None:
-            return self.finish()
-        self.start_step = self.step
-        self.resuming = self.step > 0
+        book = self.book
+        remaining = self.cfg.steps - book.step
+        if remaining <= 0 or book.stop_reason is not None:
+            return book.finish()
+        self.start_step = book.step
+        self.resuming = book.step > 0
         self._resume_rng = rng_state(self.generator)  # trl's set_seed overwrites the global state
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train (trl-grpo)",
-                   unit="step")
-        with self.running():
+        bar = book.progress_bar(progress, "train (trl-grpo)")
+        with book.running(), masked_generation(self.policy):
             try:
-                self.trl = self.build_trl(remaining, callbacks=[_Bookkeeping(self, bar)])
+                self.trl = self.build_trl(remaining, callbacks=[BookkeepingCallback(self, bar)])
                 self.trl.train()
-                return self.finish()
+                return book.finish()
             finally:
                 bar.close()

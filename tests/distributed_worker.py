@@ -17,7 +17,7 @@ from pathlib import Path
 from accelerate.utils import gather_object
 from transformers import AutoTokenizer
 
-from envs import PromptClassificationEnv
+from envs import PromptBatchEnv
 from rlprompt.checkpoint import seed_everything
 from rlprompt.config import TrainConfig
 from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,
@@ -43,9 +43,9 @@ def tokenizer():
     return tok
 
 
-def make_env(scorer, tok, examples, length=3):
+def make_env(scorer, tok, examples, length=3, num_envs=4):
     decode = lambda ids: tok.decode(ids).strip()  # noqa: E731
-    return PromptClassificationEnv(scorer, examples, decode, len(tok), length)
+    return PromptBatchEnv(scorer, examples, decode, len(tok), length, num_envs)
 
 
 def reinforce_experiment(run_dir: Path) -> dict:
@@ -65,8 +65,8 @@ def reinforce_experiment(run_dir: Path) -> dict:
     return {
         "world": world_size(),
         "fixed_rewards": [float(r) for r in fixed_rewards], "fixed_accs": [float(a) for a in fixed_accs],
-        "train_rewards": [h["charts/reward_mean"] for h in trainer.history],
-        "prompts": list(trainer.leaderboard.records),
+        "train_rewards": [h["charts/reward_mean"] for h in trainer.book.history],
+        "prompts": list(trainer.book.leaderboard.records),
         "pairs_per_process": gather_object([scorer.pairs_scored]),
     }
 
@@ -85,8 +85,8 @@ def trl_experiment(run_dir: Path) -> dict:
     status = trainer.run(progress=False)
     return {
         "world": world_size(), "status": status,
-        "train_rewards": [h["charts/reward_mean"] for h in trainer.history],
-        "prompts_per_process": gather_object([list(trainer.leaderboard.records)]),
+        "train_rewards": [h["charts/reward_mean"] for h in trainer.book.history],
+        "prompts_per_process": gather_object([list(trainer.book.leaderboard.records)]),
         "adaptor_sums": gather_object([sum(float(p.detach().sum()) for p in policy.adaptor.parameters())]),
     }
 

@@ -25,7 +25,7 @@ def soft_stand_in():
     def run(ctx):
         search = PromptSearch(ctx, dev_reserve=0)
         search.score_dev([""])  # stands in for training: spends |dev| pairs
-        return MethodResult("toy-soft", None, 4, search.best_dev, 0.5, search.scorer.pairs_scored, 0.1,
+        return MethodResult("toy-soft", None, 4, search.best_dev, 0.5, search.ledger.used, 0.1,
                             curve=list(search.curve))
 
     yield "toy-soft"

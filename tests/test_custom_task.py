@@ -214,7 +214,7 @@ def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, 
     assert "| 1 | `" in (run_dir / "report.md").read_text()
 
     # the run's prompts, and 6 prompts sampled from its policy, on the run's own task
-    proc = run("evaluate.py", ["--run", str(run_dir), "--sample", "6", "--top-k", "2"], tmp_path)
+    proc = run("evaluate.py", ["--run", str(run_dir), "--sample", "6", "--num-prompts", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     sources = [r["source"] for r in res["results"]]

@@ -50,7 +50,7 @@ def test_evaluate_run_folder(tmp_path, data_dir):
     (run / "config.json").write_text(json.dumps(
         {"task": "mr", "seed": 21, "data_dir": str(data_dir), "task_model": "smollm2-135m",
          "task_dtype": "fp32", "template": None, "verbalizers": None}))
-    rc = evaluate.main(["--run", str(run), "--top-k", "2", "--splits", "dev", "--limit", "4"])
+    rc = evaluate.main(["--run", str(run), "--num-prompts", "2", "--splits", "dev", "--limit", "4"])
     assert rc == 0
     data = json.loads((run / "results.json").read_text())  # default output: inside the run folder
     assert (data["task"], data["seed"], data["dtype"]) == ("mr", 21, "fp32")

@@ -12,7 +12,8 @@ import torch
 from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext
 from rlprompt.methods import ape, deletion, evolution, manual, rl
-from rlprompt.methods.budget import BudgetedScorer, PromptSearch, option
+from rlprompt.methods.budget import DISTINCT_PAIRS, BudgetedScorer, PairLedger, PromptSearch
+from rlprompt.methods.options import option
 from rlprompt.scorer import CachedScorer
 from rlprompt.tasks import Example, Task
 from tests.rl_helpers import ParityTaskLM, fresh_tiny_lm
@@ -43,17 +44,18 @@ def even_share(tokenizer, prompt):
 def test_budgeted_scorer_charges_new_pairs_once_and_stops_before_the_budget(tiny_lm):
     model, tok = tiny_lm
     inner = CachedScorer(model, tok, "{sentence} {prompt} It was", [" terrible", " great"])
-    scorer = BudgetedScorer(inner, budget=12)
+    ledger = PairLedger(12)
+    scorer = BudgetedScorer(inner, ledger, DISTINCT_PAIRS)
     sentences = ["a fine film", "a dull film", "so so", "loved it"]
     first = scorer.score(["Rating:", "Verdict:"], sentences)
-    assert scorer.pairs_scored == inner.pairs_scored == 8
+    assert ledger.used == inner.pairs_scored == 8
     again = scorer.score(["Verdict:", "Rating:"], sentences)  # memo hits are free
-    assert torch.equal(again[0], first[1]) and scorer.pairs_scored == inner.pairs_scored == 8
+    assert torch.equal(again[0], first[1]) and ledger.used == inner.pairs_scored == 8
     with pytest.raises(BudgetExhausted):
         scorer.score(["New one", "Another"], sentences)  # 8 new pairs, 4 left: nothing is scored
-    assert scorer.pairs_scored == inner.pairs_scored == 8
+    assert ledger.used == inner.pairs_scored == 8
     scorer.score(["New one"], sentences)
-    assert scorer.pairs_scored == inner.pairs_scored == 12 and scorer.remaining == 0
+    assert ledger.used == inner.pairs_scored == 12 and ledger.left == 0
     assert scorer.verbalizer_ids is inner.verbalizer_ids  # other attributes pass through
 
 
@@ -63,7 +65,7 @@ def test_prompt_search_scores_what_fits_then_stops(smol_tokenizer):
     with pytest.raises(BudgetExhausted):
         search.score_train(["one", "two", "three", "four", "five"])
     assert sorted(search.leaderboard.records) == ["one", "three", "two"]
-    assert search.scorer.pairs_scored == 24
+    assert search.ledger.used == 24
     result = search.finish("toy")  # the reserve scores the 2 best-by-train prompts on dev
     assert result.pairs_scored == 40 <= ctx.pair_budget
     dev_scored = [r for r in search.leaderboard.records.values() if r.dev_acc is not None]
@@ -284,7 +286,7 @@ def test_rl_row_loads_a_finished_run(tiny_lm, smol_tokenizer, tmp_path):
     policy, train_env, dev_env = build_policy_and_envs(cfg, fresh_tiny_lm(tok, 1), tok, scorer, task)
     trainer = Trainer(cfg, policy, train_env, dev_env, tmp_path)
     trainer.run(progress=False)
-    best = trainer.leaderboard.best(1)[0]
+    best = trainer.book.leaderboard.best(1)[0]
     (tmp_path / "prompts.json").write_text(json.dumps([{"prompt": best.prompt, "dev_acc": best.dev_acc}]))
     (tmp_path / "config.json").write_text(json.dumps({"task": "toy", "seed": 13, "prompts_per_step": 4}))
 
@@ -296,7 +298,7 @@ def test_rl_row_loads_a_finished_run(tiny_lm, smol_tokenizer, tmp_path):
     result = rl.run(ctx(13))
     assert result.prompt == best.prompt and result.pairs_scored == pairs_in_run  # counted from the run's memo
     assert result.dev_acc == best.dev_acc and result.test_acc is not None
-    best_dev = [h["charts/best_dev_acc"] for h in trainer.history if "charts/best_dev_acc" in h]
+    best_dev = [h["charts/best_dev_acc"] for h in trainer.book.history if "charts/best_dev_acc" in h]
     assert result.curve == [(2 * 4 * 8, best_dev[0]), (3 * 4 * 8, best_dev[1])]  # evaluations at steps 2, 3
     assert result.extra["steps"] == 3
     with pytest.raises(UserError, match="seed 13"):

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs import PromptClassificationEnv
+from envs import PromptBatchEnv, PromptClassificationEnv
 from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext, get_method
 from rlprompt.methods import rl_compress  # noqa: F401  (registers rl-compress)
 from rlprompt.methods.distill import SlotSoftPrompt, distill_soft_prompt
-from rlprompt.methods.soft_common import BudgetedScorer, PairLedger, options_into
+from rlprompt.methods.budget import MODEL_PAIRS, BudgetedScorer, PairLedger
+from rlprompt.methods.options import options_into
 from rlprompt.methods.soft_prompt import PeftSoftPrompt, SoftPromptConfig, init_token_ids, train_soft_prompt
 from rlprompt.rewards import DistillationReward, verbalizer_kl
 from rlprompt.scorer import CachedScorer, PromptEncoder
@@ -118,11 +119,11 @@ def test_rl_loop_raises_the_distillation_reward_on_a_toy_task(smol_tokenizer, tm
     torch.manual_seed(0)
     policy = PromptPolicy(fresh_tiny_lm(tok), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
     decode = lambda ids: tok.decode(ids).strip()  # noqa: E731
-    env = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, len(tok), cfg.prompt_length,
-                                  reward_fn=DistillationReward(teacher))
+    env = PromptBatchEnv(scorer, TOY_EXAMPLES, decode, len(tok), cfg.prompt_length, cfg.prompts_per_step,
+                         reward_fn=DistillationReward(teacher))
     trainer = Trainer(cfg, policy, env, env, tmp_path)
     trainer.run(progress=False)
-    rewards = [h["charts/reward_mean"] for h in trainer.history]
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
     assert all(r <= 1e-6 for r in rewards)
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.3, rewards
 
@@ -132,7 +133,7 @@ def test_rl_loop_raises_the_distillation_reward_on_a_toy_task(smol_tokenizer, tm
 def test_budgeted_scorer_charges_new_pairs_and_refuses_to_overflow(tiny_lm):
     model, tok = tiny_lm
     ledger = PairLedger(20)
-    scorer = BudgetedScorer(CachedScorer(model, tok, TEMPLATE, VERBALIZERS), ledger)
+    scorer = BudgetedScorer(CachedScorer(model, tok, TEMPLATE, VERBALIZERS), ledger, MODEL_PAIRS)
     sentences = ["a", "b", "c", "d"]
     scorer.score(["x", "y"], sentences)
     assert ledger.used == 8

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs import PromptClassificationEnv
-from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM
+from tests.rl_helpers import ParityTaskLM
 from tests.test_training import toy_trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,25 +132,23 @@ class FlakyTaskLM(ParityTaskLM):
 
 
 def test_non_finite_rewards_skip_the_step_and_are_counted(smol_tokenizer, tmp_path):
-    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=6)
     scorer = FlakyTaskLM(smol_tokenizer, bad_calls={2, 3})  # the 2nd and 3rd train steps
-    decode = trainer.train_env.decode
-    trainer.train_env = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, len(smol_tokenizer), 3)
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=6, scorer=scorer)
     before = [p.detach().clone() for p in trainer.policy.adaptor.parameters()]
     after_first = None
     for step in range(3):
         metrics = trainer.train_step()
-        trainer._log(metrics)
-        trainer.step += 1
+        trainer.book.log(metrics)
+        trainer.book.step += 1
         if step == 0:
             after_first = [p.detach().clone() for p in trainer.policy.adaptor.parameters()]
-    assert trainer.skipped_steps == 2
-    assert [h["charts/skipped_steps"] for h in trainer.history] == [0, 1, 2]
-    assert np.isnan(trainer.history[1]["charts/reward_mean"])
+    assert trainer.book.skipped_steps == 2
+    assert [h["charts/skipped_steps"] for h in trainer.book.history] == [0, 1, 2]
+    assert np.isnan(trainer.book.history[1]["charts/reward_mean"])
     assert not all(torch.equal(a, b) for a, b in zip(before, after_first))  # the good step updated
     for a, p in zip(after_first, trainer.policy.adaptor.parameters()):  # the bad ones did not
         assert torch.equal(a, p) and torch.isfinite(p).all()
-    assert all(np.isfinite(r.train_reward) for r in trainer.leaderboard.records.values())
+    assert all(np.isfinite(r.train_reward) for r in trainer.book.leaderboard.records.values())
 
 
 GUARD = textwrap.dedent("""

@@ -104,7 +104,7 @@ def test_smollm2_policy_prompts_scored_by_gemma(gemma, smol_tokenizer, data_dir)
     env = PromptClassificationEnv(scorer, task.dev[:8], decode, len(smol_tokenizer), 3)
     rows = [smol_tokenizer(" The film was", add_special_tokens=False).input_ids[:3],
             smol_tokenizer(" I loved it", add_special_tokens=False).input_ids[:3]]
-    rewards, accuracies, texts = env.score_batch(rows)
+    rewards, accuracies, texts = env.score_tokens(rows)
     assert texts == ["The film was", "I loved it"]
     direct = scorer.score(texts, [e.text for e in task.dev[:8]])
     assert direct.shape == (2, 8, 2) and torch.isfinite(direct).all()

@@ -11,7 +11,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs import PromptClassificationEnv
+from envs import PromptBatchEnv, PromptClassificationEnv, step_through
 from rlprompt.config import TrainConfig
 from rlprompt.policy import PromptPolicy
 from rlprompt.rewards import classification_reward, normalize_rewards
@@ -47,12 +47,50 @@ def test_env_passes_check_env_and_is_registered(smol_tokenizer, tiny_lm):
     for t in range(3):
         obs, reward, terminated, truncated, info = env.step(1000 + t)
     assert terminated and not truncated and "prompt" in info and 0 <= info["accuracy"] <= 1
-    batch_rewards, _, texts = env.score_batch([[1000, 1001, 1002]])
+    batch_rewards, _, texts = env.score_tokens([[1000, 1001, 1002]])
     assert batch_rewards[0] == pytest.approx(reward, abs=1e-5) and texts[0] == info["prompt"]
     assert envs.ENV_ID in gymnasium.registry
 
 
-def toy_trainer(tokenizer, tmp_path, steps, seed=0, **overrides):
+def test_batched_env_scores_the_whole_batch_in_one_call_and_matches_the_single_env(smol_tokenizer):
+    """Gymnasium's vector API: batched spaces, one token column per step, one scorer call at the end,
+    next-step autoreset; its rewards are the single-episode env's; made through the registry too."""
+    scorer = ParityTaskLM(smol_tokenizer)
+    calls = []
+    score = scorer.score
+    scorer.score = lambda prompts, sentences: calls.append(len(prompts)) or score(prompts, sentences)
+    decode = lambda ids: smol_tokenizer.decode(ids).strip()  # noqa: E731
+    vocab = len(smol_tokenizer)
+    envs_ = gymnasium.make_vec(envs.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point", scorer=scorer,
+                               examples=TOY_EXAMPLES, decode=decode, vocab_size=vocab, prompt_length=3)
+    assert isinstance(envs_, PromptBatchEnv) and isinstance(envs_, gymnasium.vector.VectorEnv)
+    assert envs_.single_action_space == gymnasium.spaces.Discrete(vocab)
+    assert envs_.action_space.shape == (4,) and envs_.observation_space.shape == (4, 3)
+    tokens = np.array([[1000, 1001, 1002], [1002, 1004, 1006], [1001, 1003, 1005], [7, 8, 9]])
+    obs, _ = envs_.reset(seed=0)
+    assert (obs == vocab).all()
+    for t in range(3):
+        obs, rewards, terminated, truncated, infos = envs_.step(tokens[:, t])
+        assert envs_.observation_space.contains(obs) and (obs[:, :t + 1] == tokens[:, :t + 1]).all()
+        assert terminated.all() == (t == 2) and not truncated.any()
+    assert calls == [4]  # the whole batch, one call, at the last step
+    final = (rewards, list(infos["prompt"]))
+    single = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, vocab, 3)
+    for row, reward, text, acc in zip(tokens, rewards, infos["prompt"], infos["accuracy"]):
+        single.reset()
+        for token in row:
+            _, r, done, _, info = single.step(int(token))
+        assert (r, info["prompt"], info["accuracy"]) == pytest.approx((reward, text, acc))
+    obs, rewards, terminated, _, infos = envs_.step(tokens[:, 0])  # next-step autoreset
+    assert (obs == vocab).all() and not terminated.any() and not rewards.any() and infos == {}
+    again_rewards, again_infos = step_through(envs_, torch.tensor(tokens))  # what the trainers call
+    assert (list(again_rewards), list(again_infos["prompt"])) == (list(final[0]), final[1])
+    envs_.reset()
+    with pytest.raises(ValueError, match="token ids"):
+        envs_.step(np.array([0, 1, 2, vocab]))
+
+
+def toy_trainer(tokenizer, tmp_path, steps, seed=0, scorer=None, **overrides):
     overrides.setdefault("prompts_per_step", 8)
     cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, lr=3e-3,
                       eval_every=5, patience=0, checkpoint_every=5, adaptor_hidden=64, seed=seed,
@@ -60,16 +98,16 @@ def toy_trainer(tokenizer, tmp_path, steps, seed=0, **overrides):
     torch.manual_seed(seed)
     policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
                           cfg.adaptor_hidden)
-    scorer = ParityTaskLM(tokenizer)
+    scorer = scorer or ParityTaskLM(tokenizer)
     decode = lambda ids: tokenizer.decode(ids).strip()  # noqa: E731
-    env = PromptClassificationEnv(scorer, TOY_EXAMPLES, decode, len(tokenizer), cfg.prompt_length)
+    env = PromptBatchEnv(scorer, TOY_EXAMPLES, decode, len(tokenizer), cfg.prompt_length, cfg.prompts_per_step)
     return Trainer(cfg, policy, env, env, tmp_path)
 
 
 def test_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     trainer = toy_trainer(smol_tokenizer, tmp_path, steps=80, prompts_per_step=16)
     assert trainer.run(progress=False) == "step budget reached"
-    rewards = [h["charts/reward_mean"] for h in trainer.history]
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 40, rewards
     assert (tmp_path / "checkpoint.pt").exists()
 
@@ -83,8 +121,9 @@ def test_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     second = toy_trainer(smol_tokenizer, tmp_path / "split", steps=10, seed=0)
     second.load_state_dict(state)
     second.run(progress=False)
-    assert [h["charts/reward_mean"] for h in second.history] == [h["charts/reward_mean"] for h in full.history]
-    assert list(second.leaderboard.records) == list(full.leaderboard.records)
+    rewards = lambda trainer: [h["charts/reward_mean"] for h in trainer.book.history]  # noqa: E731
+    assert rewards(second) == rewards(full)
+    assert list(second.book.leaderboard.records) == list(full.book.leaderboard.records)
 
 
 def run_train(args, cwd):

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs import PromptClassificationEnv
+from transformers import LogitsProcessorList
+
+from envs import PromptBatchEnv
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.policy import PromptPolicy
-from rlprompt.trl_trainer import BaseModelReference, GRPOPromptTrainer
+from rlprompt.trl_trainer import BaseModelReference, GRPOPromptTrainer, PolicyMaskProcessor, masked_generation
 from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -29,8 +31,8 @@ def toy_grpo(tokenizer, run_dir, steps, seed=0, **overrides) -> GRPOPromptTraine
     policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
                           cfg.adaptor_hidden)
     decode = lambda ids: tokenizer.decode(ids).strip()  # noqa: E731
-    env = PromptClassificationEnv(ParityTaskLM(tokenizer), TOY_EXAMPLES, decode, len(tokenizer),
-                                  cfg.prompt_length)
+    env = PromptBatchEnv(ParityTaskLM(tokenizer), TOY_EXAMPLES, decode, len(tokenizer), cfg.prompt_length,
+                         cfg.prompts_per_step)
     return GRPOPromptTrainer(cfg, policy, env, env, run_dir)
 
 
@@ -47,7 +49,8 @@ def test_trl_samples_from_the_policys_space(smol_tokenizer, tmp_path):
     perturb(policy.adaptor)
     trl = trainer.build_trl(1)
     # trl's own generation path: prompt_length tokens, never a banned or a repeated token
-    completions, _ = trl._generate_single_turn([policy.start_ids] * 32, None, {}, 32)
+    with masked_generation(policy):
+        completions, _ = trl._generate_single_turn([policy.start_ids] * 32, None, {}, 32)
     tokens = torch.tensor(completions)
     assert tokens.shape == (32, 3)
     assert not policy.banned[tokens].any()
@@ -55,7 +58,8 @@ def test_trl_samples_from_the_policys_space(smol_tokenizer, tmp_path):
     # and the distribution it samples from is PromptPolicy.sample's: the mask, then top-k
     start = torch.tensor([policy.start_ids] * 4)
     out = policy.model.generate(input_ids=start, attention_mask=torch.ones_like(start),
-                                generation_config=trl.generation_config, logits_processor=trl.policy_mask,
+                                generation_config=trl.generation_config,
+                                logits_processor=LogitsProcessorList([PolicyMaskProcessor(policy)]),
                                 output_scores=True, return_dict_in_generate=True)
     seq = out.sequences
     logits = policy.model(seq).logits
@@ -96,13 +100,13 @@ def test_trl_trains_only_the_adaptor_and_writes_the_default_trainers_files(smol_
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert all(not torch.equal(p, adaptor[n]) for n, p in trainer.policy.adaptor.named_parameters())
 
-    assert [h["step"] for h in trainer.history] == [1, 2, 3]
-    last = trainer.history[-1]
+    assert [h["step"] for h in trainer.book.history] == [1, 2, 3]
+    last = trainer.book.history[-1]
     for key in ("charts/reward_mean", "charts/train_acc", "charts/distinct_prompts", "losses/entropy",
                 "losses/kl_to_init", "charts/dev_acc", "greedy_prompt"):
         assert key in last, key
     assert last["losses/kl_to_init"] >= 0 and last["charts/repeated_token_rate"] == 0
-    assert len(trainer.leaderboard.records) >= 8
+    assert len(trainer.book.leaderboard.records) >= 8
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["config"]["trainer"] == "trl-grpo" and state["step"] == 3
     for name, value in trainer.policy.adaptor.state_dict().items():
@@ -113,7 +117,7 @@ def test_trl_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     # tests/test_training.py::test_reward_rises_on_a_learnable_toy_task, with trl's GRPO as the trainer
     trainer = toy_grpo(smol_tokenizer, tmp_path, steps=40, prompts_per_step=16)
     assert trainer.run(progress=False) == "step budget reached"
-    rewards = [h["charts/reward_mean"] for h in trainer.history]
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 40, rewards
 
 
@@ -126,9 +130,9 @@ def test_trl_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     second = toy_grpo(smol_tokenizer, tmp_path / "split", steps=4, checkpoint_every=2, eval_every=2)
     second.load_state_dict(state)
     second.run(progress=False)
-    rewards = lambda trainer: [h["charts/reward_mean"] for h in trainer.history]  # noqa: E731
+    rewards = lambda trainer: [h["charts/reward_mean"] for h in trainer.book.history]  # noqa: E731
     assert rewards(second) == rewards(full)
-    assert list(second.leaderboard.records) == list(full.leaderboard.records)
+    assert list(second.book.leaderboard.records) == list(full.book.leaderboard.records)
 
 
 def test_trl_refuses_what_it_cannot_do(smol_tokenizer, tmp_path):

@@ -20,8 +20,9 @@ import re
 import torch
 
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.budget import PromptSearch, option
-from rlprompt.trainer import PromptRecord
+from rlprompt.methods.budget import PromptSearch
+from rlprompt.methods.options import option
+from rlprompt.bookkeeping import PromptRecord
 
 INDUCE = ("I gave a friend an instruction and some inputs. The friend read the instruction and wrote "
           "an output for every one of the inputs. Here are the input-output pairs:\n\n{pairs}\n\n"

@@ -1,9 +1,18 @@
-"""The pair budget and the bookkeeping shared by the discrete search methods.
+"""The pair budget of the method comparison, and the bookkeeping shared by the discrete search methods.
 
-`BudgetedScorer` wraps a task-LM scorer and counts each distinct (prompt, example) pair once: a pair
-scored again (a memo hit) is free. This equals the CachedScorer's own `pairs_scored` as long as each
-split is scored whole, as the methods do (its memo is keyed by chunks of examples). A call that would
-go past the budget raises `BudgetExhausted` before anything is scored.
+A `PairLedger` counts (prompt, example) pairs against a budget. A `BudgetedScorer` wraps a task-LM
+scorer and charges a ledger in one of two explicit counting modes (both kept so that published
+comparison numbers do not change):
+
+- `DISTINCT_PAIRS` (the discrete search methods, through `PromptSearch`): each distinct (prompt,
+  example) pair is charged once; a pair scored again is free. This equals the CachedScorer's own
+  `pairs_scored` as long as each split is scored whole, as the methods do (its memo is keyed by chunks
+  of examples).
+- `MODEL_PAIRS` (the soft and compression methods): the pairs the task LM actually ran, read from the
+  wrapped scorer's `pairs_scored` (an estimate of prompts new to these sentences × sentences for a
+  scorer without one).
+
+Either way a call that could go past the budget raises `BudgetExhausted` before anything is scored.
 
 `PromptSearch` is what a discrete method searches with. It scores prompts on train (RLPrompt's
 classification reward, the quantity the search optimizes) and on dev (accuracy, used only to select),
@@ -21,43 +30,86 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from rlprompt.bookkeeping import Leaderboard, PromptRecord
 from rlprompt.errors import UserError
 from rlprompt.evaluation import evaluate_prompts
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult
+from rlprompt.methods.options import option
 from rlprompt.rewards import classification_reward
-from rlprompt.trainer import Leaderboard, PromptRecord
+from rlprompt.scorer import chunk_key
+
+DISTINCT_PAIRS = "distinct-pairs"  # each distinct (prompt, example) pair once
+MODEL_PAIRS = "model-pairs"  # the pairs the task LM ran (the wrapped scorer's own count)
+COUNTING_MODES = (DISTINCT_PAIRS, MODEL_PAIRS)
+
+
+class PairLedger:
+    """Counts scored (prompt, example) pairs against a budget; BudgetExhausted when it would overflow."""
+
+    def __init__(self, budget: int):
+        if budget < 1:
+            raise UserError(f"pair budget must be at least 1, got {budget}")
+        self.budget = budget
+        self.used = 0
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def fits(self, n: int) -> bool:
+        return n <= self.left
+
+    def check(self, n: int) -> None:
+        """Raise BudgetExhausted if n more pairs do not fit."""
+        if not self.fits(n):
+            raise BudgetExhausted(f"{n} more pairs do not fit: {self.used} of {self.budget} used")
+
+    def charge(self, n: int) -> None:
+        """Check, then count n pairs."""
+        self.check(n)
+        self.used += n
 
 
 class BudgetedScorer:
-    """A scorer that stops at `budget` distinct (prompt, example) pairs; other attributes pass through."""
+    """A task-LM scorer that charges `ledger` for what it scores, counted as `count` says
+    (DISTINCT_PAIRS or MODEL_PAIRS, see the module docstring); a call that could overflow the budget
+    raises BudgetExhausted and scores nothing. Other attributes pass through to the wrapped scorer."""
 
-    def __init__(self, scorer, budget: int):
+    def __init__(self, scorer, ledger: PairLedger, count: str):
+        if count not in COUNTING_MODES:
+            raise ValueError(f"unknown counting mode {count!r}; use {' or '.join(COUNTING_MODES)}")
         self.scorer = scorer
-        self.budget = budget
-        self.pairs_scored = 0
-        self._charged: set[tuple[str, str]] = set()
+        self.ledger = ledger
+        self.count = count
+        self._charged: set[tuple[str, str]] = set()  # DISTINCT_PAIRS: (prompt, sentence) pairs
+        self._seen: set[tuple[str, str]] = set()  # MODEL_PAIRS: (prompt, chunk_key(sentences))
 
-    def __getattr__(self, name):  # verbalizer_ids, score_cache, ... of the wrapped scorer
+    def __getattr__(self, name):  # verbalizer_ids, score_cache, state_dict, ... of the wrapped scorer
         if name == "scorer":
             raise AttributeError(name)
         return getattr(self.scorer, name)
 
-    @property
-    def remaining(self) -> int:
-        return self.budget - self.pairs_scored
-
     def new_pairs(self, prompts, sentences) -> set[tuple[str, str]]:
-        """The pairs of prompts × sentences not charged yet (what scoring them would cost)."""
+        """The pairs of prompts × sentences not charged yet (what scoring them costs in DISTINCT_PAIRS)."""
         return {(p, s) for p in set(prompts) for s in set(sentences)} - self._charged
 
     def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
         """The wrapped scorer's (P, E, V) log-probs; BudgetExhausted (nothing scored) when over budget."""
-        new = self.new_pairs(prompts, sentences)
-        if len(new) > self.remaining:
-            raise BudgetExhausted(f"{len(new)} new pairs asked, {self.remaining} of {self.budget} left")
+        if self.count == DISTINCT_PAIRS:
+            new = self.new_pairs(prompts, sentences)
+            self.ledger.check(len(new))
+            out = self.scorer.score(prompts, sentences)
+            self._charged |= new
+            self.ledger.used += len(new)
+            return out
+        key = chunk_key(sentences)
+        new_prompts = [p for p in dict.fromkeys(prompts) if (p, key) not in self._seen]
+        estimate = len(new_prompts) * len(sentences)  # every prompt not seen on these sentences
+        self.ledger.check(estimate)
+        before = getattr(self.scorer, "pairs_scored", None)
         out = self.scorer.score(prompts, sentences)
-        self._charged |= new
-        self.pairs_scored += len(new)
+        self.ledger.used += estimate if before is None else self.scorer.pairs_scored - before
+        self._seen.update((p, key) for p in new_prompts)
         return out
 
 
@@ -87,7 +139,8 @@ class PromptSearch:
         if ctx.pair_budget <= reserve:
             raise UserError(f"pair budget {ctx.pair_budget} is too small: {reserve} pairs are held back "
                             f"to score {dev_reserve} final prompts on dev; give a larger --budget")
-        self.scorer = BudgetedScorer(ctx.scorer, ctx.pair_budget - reserve)
+        self.ledger = PairLedger(ctx.pair_budget - reserve)
+        self.scorer = BudgetedScorer(ctx.scorer, self.ledger, DISTINCT_PAIRS)
         self.leaderboard = Leaderboard()
         self.curve: list[tuple[int, float]] = []
         self.best_dev = -1.0
@@ -103,7 +156,7 @@ class PromptSearch:
         charged: set = set()
         for i, p in enumerate(prompts):
             charged |= self.scorer.new_pairs([p], sentences)
-            if len(charged) > self.scorer.remaining:
+            if len(charged) > self.ledger.left:
                 return prompts[:i]
         return prompts
 
@@ -114,9 +167,9 @@ class PromptSearch:
             if prompts:
                 raise BudgetExhausted("no budget left for one more prompt")
             return [], torch.zeros(0), torch.zeros(0), False
-        before = self.scorer.pairs_scored
+        before = self.ledger.used
         logprobs = self.scorer.score(fitting, [e.text for e in examples])
-        self.bar.update(self.scorer.pairs_scored - before)
+        self.bar.update(self.ledger.used - before)
         self.bar.set_postfix(best_dev=f"{self.best_dev:.3f}" if self.best_dev >= 0 else "-")
         reward, acc = classification_reward(logprobs, torch.tensor([e.label for e in examples]))
         return fitting, reward, acc, len(fitting) < len(prompts)
@@ -160,7 +213,7 @@ class PromptSearch:
 
     def note(self, dev_acc: float) -> None:
         """Add a curve point: (pairs scored so far, `dev_acc`)."""
-        self.curve.append((self.scorer.pairs_scored, float(dev_acc)))
+        self.curve.append((self.ledger.used, float(dev_acc)))
 
     def top_by_train(self, k: int, without_dev: bool = False) -> list[PromptRecord]:
         """The k best records by train reward (only those not scored on dev, with `without_dev`)."""
@@ -170,7 +223,7 @@ class PromptSearch:
     def finish(self, method: str, prompt: str | None = None, extra: dict | None = None) -> MethodResult:
         """Spend the dev reserve on the best unscored-on-dev prompts, pick the final prompt (best dev
         accuracy, ties by train reward, unless `prompt` is given) and score it on test."""
-        self.scorer.budget += self.dev_reserve * len(self.task.dev)
+        self.ledger.budget += self.dev_reserve * len(self.task.dev)
         if prompt is None:
             pending = [r.prompt for r in self.top_by_train(self.dev_reserve, without_dev=True)]
             try:
@@ -194,23 +247,9 @@ class PromptSearch:
         return MethodResult(
             method=method, prompt=prompt, prompt_tokens=prompt_tokens(self.ctx.task_tokenizer, prompt),
             dev_acc=float(record.dev_acc), test_acc=score_test(self.ctx, prompt),
-            pairs_scored=self.scorer.pairs_scored, wall_s=wall_s, curve=list(self.curve),
+            pairs_scored=self.ledger.used, wall_s=wall_s, curve=list(self.curve),
             extra={"prompts_scored": len(self.leaderboard.records),
                    "train_reward": record.train_reward if record.train_reward > float("-inf") else None,
                    **(extra or {})},
         )
 
-
-def option(ctx: MethodContext, name: str, default):
-    """ctx.options[name] cast to the type of `default` (CLI options arrive as strings)."""
-    value = ctx.options.get(name, default)
-    if value is None or default is None or isinstance(value, type(default)):
-        return value
-    try:
-        if isinstance(default, bool):
-            if str(value).lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return str(value).lower() in ("1", "true", "yes")
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise UserError(f"option {name}={value!r}: expected a {type(default).__name__}") from None

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.budget import PromptSearch, option, prompt_tokens
+from rlprompt.methods.budget import PromptSearch, prompt_tokens
+from rlprompt.methods.options import option
 
 
 def deletions(words: list[str], max_span: int) -> list[str]:

@@ -25,8 +25,9 @@ from torch import nn
 from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
-from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, batched_logprobs, model_device,
-                                          optimizer_step, options_into, require_train_dev_and_budget,
+from rlprompt.methods.budget import MODEL_PAIRS, BudgetedScorer, PairLedger
+from rlprompt.methods.options import options_into
+from rlprompt.methods.soft_common import (batched_logprobs, model_device, optimizer_step, require_train_dev_and_budget,
                                           score_teacher, seeded, train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
@@ -160,7 +161,7 @@ def distill_soft_prompt(ctx: MethodContext) -> tuple[MethodResult, SlotSoftPromp
                                  "the teacher on train and dev plus one dev evaluation")
     ledger = PairLedger(ctx.pair_budget)
     start = time.perf_counter()
-    teacher = score_teacher(ctx, BudgetedScorer(ctx.scorer, ledger))
+    teacher = score_teacher(ctx, BudgetedScorer(ctx.scorer, ledger, MODEL_PAIRS))
     instruction, teacher_train, teacher_dev = teacher.instruction, teacher.train, teacher.dev
     train_text = [e.text for e in task.train]
     dev_text, dev_labels = [e.text for e in task.dev], [e.label for e in task.dev]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.budget import PromptSearch, option
-from rlprompt.trainer import PromptRecord
+from rlprompt.methods.budget import PromptSearch
+from rlprompt.methods.options import option
+from rlprompt.bookkeeping import PromptRecord
 
 EDITS = ("insert", "delete", "substitute", "swap")
 

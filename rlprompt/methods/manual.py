@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rlprompt.methods import MethodContext, MethodResult, register
-from rlprompt.methods.budget import PromptSearch, option
+from rlprompt.methods.budget import PromptSearch
+from rlprompt.methods.options import option
 
 
 @register("manual")

@@ -21,7 +21,8 @@ from pathlib import Path
 from rlprompt.config import TaskArgs, TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.budget import PromptSearch, option, prompt_tokens, score_test
+from rlprompt.methods.budget import PromptSearch, prompt_tokens, score_test
+from rlprompt.methods.options import option
 from rlprompt.trainer import Trainer
 
 # TrainConfig fields the comparison sets itself (the task flags among them); the others may be options.
@@ -29,19 +30,18 @@ FIXED = {f.name for f in dataclasses.fields(TaskArgs)} | {
     "steps", "policy_model", "device", "out", "resume", "skip_test", "task_model", "task_dtype"}
 
 
-class _BudgetTrainer(Trainer):
-    """The Trainer, adding a curve point (pairs so far, best dev accuracy) after each dev evaluation."""
+def budget_trainer(cfg: TrainConfig, policy, train_env, dev_env, run_dir: Path, search: PromptSearch) -> Trainer:
+    """The Trainer on the search's leaderboard (the final choice sees every prompt), adding a curve point
+    (pairs so far, best dev accuracy) after each dev evaluation."""
+    trainer = Trainer(cfg, policy, train_env, dev_env, run_dir)
+    trainer.book.leaderboard = search.leaderboard
 
-    def __init__(self, *args, search: PromptSearch, **kw):
-        super().__init__(*args, **kw)
-        self.search = search
-        self.leaderboard = search.leaderboard  # one leaderboard: the final choice sees every prompt
+    def note(metrics: dict) -> None:
+        search.best_dev = max(search.best_dev, metrics["charts/best_dev_acc"])
+        search.note(search.best_dev)
 
-    def _log(self, metrics: dict) -> None:
-        super()._log(metrics)
-        if "charts/best_dev_acc" in metrics:
-            self.search.best_dev = max(self.search.best_dev, metrics["charts/best_dev_acc"])
-            self.search.note(self.search.best_dev)
+    trainer.book.on_dev_evaluation.append(note)
+    return trainer
 
 
 def train_config(ctx: MethodContext, budget: int, run_dir: str) -> TrainConfig:
@@ -71,19 +71,19 @@ def run(ctx: MethodContext) -> MethodResult:
     out_dir = ctx.options.get("out_dir")
     with tempfile.TemporaryDirectory(prefix="rlprompt-rl-") as tmp:
         run_dir = Path(out_dir) if out_dir else Path(tmp)
-        cfg = train_config(ctx, search.scorer.budget, str(run_dir))
+        cfg = train_config(ctx, search.ledger.budget, str(run_dir))
         device = pick_device(ctx.device)
         policy_model, policy_tok = ctx.options.get("policy_lm") or load_lm(ctx.policy_model, device, "fp32")
         seed_everything(ctx.seed)
         policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, search.scorer,
                                                                  ctx.task)
-        trainer = _BudgetTrainer(cfg, policy, train_env, dev_env, run_dir, None, search=search)
+        trainer = budget_trainer(cfg, policy, train_env, dev_env, run_dir, search)
         try:
             stop = trainer.run(progress=bool(ctx.options.get("progress")))
         except BudgetExhausted:
-            stop = trainer.stop_reason = "budget spent"
-            trainer.save()
-    return search.finish("rl", extra={"steps": trainer.step, "steps_planned": cfg.steps, "stop_reason": stop,
+            stop = trainer.book.stop_reason = "budget spent"
+            trainer.book.save()
+    return search.finish("rl", extra={"steps": trainer.book.step, "steps_planned": cfg.steps, "stop_reason": stop,
                                       "prompts_per_step": cfg.prompts_per_step,
                                       "run_dir": str(out_dir) if out_dir else None})
 
@@ -100,7 +100,8 @@ def load_run(ctx: MethodContext, run_dir: Path) -> MethodResult:
         if key in config and config[key] != mine:
             raise UserError(f"run {run_dir} was trained with {key} {config[key]!r}, the comparison uses {mine!r}")
     state = load_checkpoint(run_dir)
-    pairs = sum(int(v.shape[0]) for v in state.get("score_cache", {}).values())
+    memo = state.get("scorer", {}).get("score_cache", state.get("score_cache", {}))  # older checkpoints: top level
+    pairs = sum(int(v.shape[0]) for v in memo.values())
     per_step = config.get("prompts_per_step", 16) * len(ctx.task.train)
     curve = [(int(h["step"]) * per_step, float(h["charts/best_dev_acc"]))
              for h in state.get("history", []) if "charts/best_dev_acc" in h]

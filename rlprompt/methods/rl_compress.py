@@ -19,17 +19,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from envs import PromptClassificationEnv
+from envs import PromptBatchEnv, PromptClassificationEnv
 from rlprompt.config import TrainConfig
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
-from rlprompt.methods.soft_common import (BudgetedScorer, PairLedger, options_into, require_train_dev_and_budget,
-                                          score_teacher, seeded)
+from rlprompt.methods.budget import MODEL_PAIRS, BudgetedScorer, PairLedger
+from rlprompt.methods.options import options_into
+from rlprompt.methods.soft_common import require_train_dev_and_budget, score_teacher, seeded
 from rlprompt.rewards import DistillationReward, verbalizer_kl
 from rlprompt.trainer import Trainer
 
 log = logging.getLogger(__name__)
-DEV_CANDIDATES = 4  # Trainer.evaluate scores the greedy prompt and the best 3 unscored sampled ones
+DEV_CANDIDATES = 4  # Bookkeeper.evaluate_on_dev scores the greedy prompt and the best 3 unscored sampled ones
 
 
 @dataclass
@@ -48,30 +49,28 @@ class RLCompressConfig:
     test: bool = True  # score the chosen prompt on the test set (outside the budget)
 
 
-class _Trainer(Trainer):
-    """The rlprompt Trainer, noting after each dev evaluation the budget spent and the dev accuracy
-    (against the gold labels) of the prompt it ranks first."""
+class CompressionCurve:
+    """Called after each of the Trainer's dev evaluations: notes the budget spent and the dev accuracy
+    (against the gold labels) of the prompt the leaderboard ranks first."""
 
-    def __init__(self, *args, ledger: PairLedger, dev_examples, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, book, ledger: PairLedger, dev_env):
+        self.book = book
         self.ledger = ledger
-        self.dev_examples = dev_examples
-        self.curve: list[tuple[int, float]] = []
+        self.dev_env = dev_env
+        self.points: list[tuple[int, float]] = []
 
     def best_prompt(self) -> str:
-        return self.leaderboard.best(1)[0].prompt
+        return self.book.leaderboard.best(1)[0].prompt
 
     def dev_accuracy(self, prompt: str) -> float:
         """Accuracy on dev against the gold labels (the dev env has scored it: a memo hit)."""
         lp = self.dev_env.scorer.score([prompt], self.dev_env.sentences)
-        return float(accuracy(lp, [e.label for e in self.dev_examples])[0])
+        return float(accuracy(lp, [e.label for e in self.dev_env.examples])[0])
 
-    def evaluate(self) -> dict:
-        metrics = super().evaluate()
-        self.curve.append((self.ledger.used, self.dev_accuracy(self.best_prompt())))
-        log.info("rl-compress step %d, %d pairs: greedy %r, best dev agreement %.3f (%r)", self.step,
-                 self.ledger.used, metrics["greedy_prompt"], self.best_dev, self.best_prompt())
-        return metrics
+    def __call__(self, metrics: dict) -> None:
+        self.points.append((self.ledger.used, self.dev_accuracy(self.best_prompt())))
+        log.info("rl-compress step %d, %d pairs: greedy %r, best dev agreement %.3f (%r)", self.book.step,
+                 self.ledger.used, metrics["greedy_prompt"], self.book.best_dev, self.best_prompt())
 
 
 @register("rl-compress")
@@ -91,7 +90,7 @@ def run(ctx: MethodContext) -> MethodResult:
                                  "evaluation (at most)")
     start = time.perf_counter()
     ledger = PairLedger(ctx.pair_budget)
-    scorer = BudgetedScorer(ctx.scorer, ledger)
+    scorer = BudgetedScorer(ctx.scorer, ledger, MODEL_PAIRS)
     teacher = score_teacher(ctx, scorer)
     instruction, teacher_tokens, teacher_train, teacher_dev = (teacher.instruction, teacher.tokens,
                                                                teacher.train, teacher.dev)
@@ -106,29 +105,31 @@ def run(ctx: MethodContext) -> MethodResult:
         policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
         vocab = policy_model.get_output_embeddings().weight.shape[0]
         decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
-        train_env = PromptClassificationEnv(scorer, task.train, decode, vocab, cfg.prompt_length,
-                                            reward_fn=DistillationReward(teacher_train))
+        train_env = PromptBatchEnv(scorer, task.train, decode, vocab, cfg.prompt_length, cfg.prompts_per_step,
+                                   reward_fn=DistillationReward(teacher_train))
         dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length,
                                           reward_fn=DistillationReward(teacher_dev))
-        trainer = _Trainer(train_cfg, policy, train_env, dev_env, run_dir, ledger=ledger,
-                           dev_examples=task.dev)
+        trainer = Trainer(train_cfg, policy, train_env, dev_env, run_dir)
+        book = trainer.book
+        curve = CompressionCurve(book, ledger, dev_env)
+        book.on_dev_evaluation.append(curve)
         ledger.budget -= reserve
         try:
             trainer.run(progress=False)  # patience 0 and no step limit: it ends when the budget does
         except BudgetExhausted:
             pass
         ledger.budget += reserve
-        trainer.evaluate()
-    best = trainer.leaderboard.best(1)[0]
+        book.evaluate_on_dev()
+    best = book.leaderboard.best(1)[0]
     dev_lp = scorer.score([best.prompt], dev_env.sentences)[0]  # scored by the dev env: a memo hit
     result_extra = {
         "teacher_instruction": instruction, "teacher_tokens": teacher_tokens,
         "dev_kl": float(verbalizer_kl(teacher_dev, dev_lp).mean()), "dev_agreement": best.dev_acc,
         "train_reward": best.train_reward, "train_agreement": best.train_acc,
         "teacher_dev_acc": float(accuracy(teacher_dev[None], [e.label for e in task.dev])[0]),
-        "steps": trainer.step, "prompts_seen": len(trainer.leaderboard.records),
+        "steps": book.step, "prompts_seen": len(book.leaderboard.records),
         "top_prompts": [{"prompt": r.prompt, "dev_agreement": r.dev_acc, "train_reward": r.train_reward}
-                        for r in trainer.leaderboard.best(5)],
+                        for r in book.leaderboard.best(5)],
     }
     test_acc = None
     if cfg.test and task.test:
@@ -143,6 +144,6 @@ def run(ctx: MethodContext) -> MethodResult:
     result_extra["compression_ratio"] = teacher_tokens / max(prompt_tokens, 1)
     return MethodResult(
         method=method, prompt=best.prompt, prompt_tokens=prompt_tokens,
-        dev_acc=trainer.dev_accuracy(best.prompt), test_acc=test_acc, pairs_scored=ledger.used,
-        wall_s=time.perf_counter() - start, curve=trainer.curve, extra=result_extra,
+        dev_acc=curve.dev_accuracy(best.prompt), test_acc=test_acc, pairs_scored=ledger.used,
+        wall_s=time.perf_counter() - start, curve=curve.points, extra=result_extra,
     )

@@ -1,18 +1,17 @@
-"""Pieces shared by the soft-prompt and prompt-compression methods: the pair ledger and a scorer that
-charges it, method options from ctx.options, seeding, the teacher instructions, and batched
-verbalizer log-probs of soft-prompted inputs."""
+"""Pieces shared by the soft-prompt and prompt-compression methods: seeding, the teacher instructions,
+the budgeted training loop, and batched verbalizer log-probs of soft-prompted inputs. (The pair ledger
+and the budgeted scorer are in rlprompt.methods.budget, method options in rlprompt.methods.options.)"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 from rlprompt.errors import UserError
-from rlprompt.methods import BudgetExhausted
+from rlprompt.methods.budget import PairLedger
 
 # Long, detailed instructions for the {prompt} slot: the teacher of the compression methods.
 # They follow the sentence in the template, so they speak of "the review above".
@@ -70,94 +69,6 @@ def score_teacher(ctx, scorer) -> Teacher:
                    train=score_examples(scorer, [instruction], ctx.task.train, progress=False)[0],
                    dev=score_examples(scorer, [instruction], ctx.task.dev, progress=False)[0])
 
-
-class PairLedger:
-    """Counts scored (prompt, example) pairs against a budget; BudgetExhausted when it would overflow."""
-
-    def __init__(self, budget: int):
-        if budget < 1:
-            raise UserError(f"pair budget must be at least 1, got {budget}")
-        self.budget = budget
-        self.used = 0
-
-    @property
-    def left(self) -> int:
-        return self.budget - self.used
-
-    def fits(self, n: int) -> bool:
-        return n <= self.left
-
-    def check(self, n: int) -> None:
-        """Raise BudgetExhausted if n more pairs do not fit."""
-        if not self.fits(n):
-            raise BudgetExhausted(f"{n} more pairs do not fit: {self.used} of {self.budget} used")
-
-    def charge(self, n: int) -> None:
-        """Check, then count n pairs."""
-        self.check(n)
-        self.used += n
-
-
-def _key(sentences: Sequence[str]) -> str:
-    return hashlib.sha1("\x00".join(sentences).encode()).hexdigest()
-
-
-class BudgetedScorer:
-    """A task-LM scorer that charges the pairs it newly scores to a ledger (memo hits are free).
-
-    Before a call it raises BudgetExhausted when the call could overflow the budget: every prompt
-    this wrapper has not yet seen on these sentences counts as new. After the call the ledger gets
-    the scorer's own count (`pairs_scored`) where it has one. Other attributes pass through.
-    """
-
-    def __init__(self, scorer, ledger: PairLedger):
-        self.scorer = scorer
-        self.ledger = ledger
-        self._seen: set[tuple[str, str]] = set()
-
-    def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
-        key = _key(sentences)
-        new = [p for p in dict.fromkeys(prompts) if (p, key) not in self._seen]
-        estimate = len(new) * len(sentences)
-        self.ledger.check(estimate)
-        before = getattr(self.scorer, "pairs_scored", None)
-        out = self.scorer.score(prompts, sentences)
-        self.ledger.used += estimate if before is None else self.scorer.pairs_scored - before
-        self._seen.update((p, key) for p in new)
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self.scorer, name)
-
-
-def options_into(cfg, options: dict, method: str):
-    """Copy of dataclass `cfg` with the fields named in `options` replaced, strings converted to the
-    field's type. `METHOD.FIELD` (e.g. `prefix-tuning.lr`) wins over a plain `FIELD`, which applies
-    to every method that has that field; other keys are left alone. A UserError on a bad value."""
-    kinds = {"int": int, "float": float, "bool": bool, "str": str}
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        key = f"{method}.{f.name}" if f"{method}.{f.name}" in options else f.name
-        if key not in options:
-            continue
-        value = options[key]
-        type_name = str(f.type).split("|")[0].strip()  # "int | None" -> "int"
-        kind = kinds.get(type_name, str)
-        try:
-            if value is None or (isinstance(value, str) and value.lower() == "none"):
-                if "None" not in str(f.type):
-                    raise ValueError(value)
-                value = None
-            elif kind is bool and isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                value = value.lower() in ("true", "1", "yes")
-            else:
-                value = kind(value)
-        except (TypeError, ValueError):
-            raise UserError(f"option {key}={value!r}: expected a value of type {kind.__name__}") from None
-        changes[f.name] = value
-    return dataclasses.replace(cfg, **changes)
 
 
 @contextlib.contextmanager

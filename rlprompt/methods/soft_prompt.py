@@ -27,9 +27,10 @@ from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskT
 from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
-from rlprompt.methods.soft_common import (PairLedger, batched_logprobs, label_logprobs, model_device,
-                                          optimizer_step, options_into, require_train_dev_and_budget, seeded,
-                                          train_within_budget)
+from rlprompt.methods.budget import PairLedger
+from rlprompt.methods.options import options_into
+from rlprompt.methods.soft_common import (batched_logprobs, label_logprobs, model_device, optimizer_step,
+                                          require_train_dev_and_budget, seeded, train_within_budget)
 from rlprompt.scorer import PromptEncoder, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
