@@ -76,8 +76,10 @@ class Bookkeeper:
     """The run's state and records around a trainer's updates.
 
     `policy`, `optimizer` and `generator` (the sampling RNG) are the trainer's; they are read only to
-    write and restore checkpoints. `train_env` / `dev_env` score prompt texts (`score_texts`) for the
-    dev evaluation. Functions in `on_dev_evaluation` are called with the metrics of every dev
+    write and restore checkpoints, as is every object in `checkpointed` (name -> anything with
+    `state_dict()`/`load_state_dict()`, saved under its name: the adaptor and the optimizer to start
+    with, a trainer may add its own). `train_env` / `dev_env` score prompt texts (`score_texts`) for
+    the dev evaluation. Functions in `on_dev_evaluation` are called with the metrics of every dev
     evaluation (e.g. to draw a budget curve). Under torch.distributed only rank 0 writes.
     """
 
@@ -100,6 +102,7 @@ class Bookkeeper:
         self.stop_reason: str | None = None
         self.train_s = 0.0  # wall time spent training, summed over resumes
         self.on_dev_evaluation: list[Callable[[dict], None]] = []
+        self.checkpointed = {"adaptor": policy.adaptor, "optimizer": optimizer}
         self._clock: float | None = None
         self._signal: int | None = None
 
@@ -193,8 +196,7 @@ class Bookkeeper:
         return {
             "config": dataclasses.asdict(self.cfg),
             "step": self.step,
-            "adaptor": self.policy.adaptor.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **{name: part.state_dict() for name, part in self.checkpointed.items()},
             "rng": rng_state(self.generator),
             "leaderboard": self.leaderboard.state_dict(),
             "best_dev": self.best_dev,
@@ -209,8 +211,8 @@ class Bookkeeper:
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved (checkpoints from before "scorer" keep their "score_cache")."""
         self.step = state["step"]
-        self.policy.adaptor.load_state_dict(state["adaptor"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for name, part in self.checkpointed.items():
+            part.load_state_dict(state[name])
         set_rng_state(state["rng"], self.generator)
         self.leaderboard.load_state_dict(state["leaderboard"])
         self.best_dev = state["best_dev"]
