@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlprompt.errors import UserError
-from rlprompt.scorer import lm_logits
+from rlprompt.scorer import cache_kwargs, lm_logits, returned_cache
 
 
 class Adaptor(nn.Module):
@@ -163,8 +163,9 @@ class PromptPolicy:
         step_input = ids
         with self.base_model_only():
             for t in range(self.prompt_length):
-                out = self.model.base_model(input_ids=step_input, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = self.model.base_model(input_ids=step_input, use_cache=True,
+                                            **cache_kwargs(self.model.base_model, cache))
+                cache = returned_cache(out)
                 h = out.last_hidden_state[:, -1]  # (n, d) base hidden state
                 logits = lm_logits(self.model, self.adaptor(h)).float()
                 logp_full = torch.log_softmax(logits, -1)

@@ -13,7 +13,10 @@ expands it and runs only the continuation, reading the logits of the last positi
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import hashlib
+import inspect
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -76,6 +79,23 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg_of(forward_owner: type) -> str:
+    return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The KV cache as the keyword the model's forward takes it under: `cache` in the installed
+    transformers (5.x, where `past_key_values` is deprecated and warns), `past_key_values` before it."""
+    return {_cache_arg_of(type(model)): cache}
+
+
+def returned_cache(output):
+    """The KV cache a forward returned: `output.cache` (or `past_key_values` in older transformers)."""
+    names = {f.name for f in dataclasses.fields(output)}
+    return output.cache if "cache" in names else output.past_key_values
 
 
 def chunk_key(sentences) -> str:
@@ -215,7 +235,7 @@ class CachedScorer(_BaseScorer):
         ids, mask, lengths = right_pad([self.encoder.encode_prefix(s) for s in sentences], self.pad_id)
         out = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                     use_cache=True)
-        prefix = _Prefix(out.past_key_values, mask, lengths)
+        prefix = _Prefix(returned_cache(out), mask, lengths)
         self._prefixes[key] = prefix
         if len(self._prefixes) > self.prefix_cache_size:
             self._prefixes.popitem(last=False)
@@ -249,7 +269,7 @@ class CachedScorer(_BaseScorer):
         mask = torch.cat([prefix.mask[index], cont_mask], dim=1)
         hidden = self.model.base_model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=pos.to(self.device), past_key_values=cache, use_cache=True,
+            position_ids=pos.to(self.device), use_cache=True, **cache_kwargs(self.model.base_model, cache),
         ).last_hidden_state[:, -1]  # (rows, d): only the last position goes through the head
         logits = lm_logits(self.model, hidden)
         self.pairs_scored += len(conts)

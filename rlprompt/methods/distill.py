@@ -31,7 +31,7 @@ from rlprompt.methods.soft_common import (batched_logprobs, model_device, optimi
                                           score_teacher, seeded, train_within_budget)
 from rlprompt.methods.soft_prompt import init_token_ids
 from rlprompt.rewards import verbalizer_kl
-from rlprompt.scorer import PromptEncoder, lm_logits, right_pad
+from rlprompt.scorer import PromptEncoder, cache_kwargs, lm_logits, returned_cache, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class SlotSoftPrompt(nn.Module):
         ids, mask, lengths = right_pad([self.encoder.encode_prefix(s) for s in sentences], self.pad_id)
         device = model_device(model)
         out = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
-        return _Prefixes(out.past_key_values, mask, lengths, {s: r for r, s in enumerate(sentences)})
+        return _Prefixes(returned_cache(out), mask, lengths, {s: r for r, s in enumerate(sentences)})
 
     def keep_prefixes(self, sentences: list[str]) -> None:
         """Compute the prefixes of `sentences` once and reuse them for any batch drawn from them."""
@@ -133,8 +133,8 @@ class SlotSoftPrompt(nn.Module):
         cache.batch_select_indices(rows.to(device))
         mask = torch.cat([prefix.mask[rows], cont_mask], dim=1)
         hidden = model.base_model(inputs_embeds=inputs, attention_mask=mask.to(device),
-                                  position_ids=pos.to(device), past_key_values=cache,
-                                  use_cache=True).last_hidden_state[:, -1]  # (B, d)
+                                  position_ids=pos.to(device), use_cache=True,
+                                  **cache_kwargs(model.base_model, cache)).last_hidden_state[:, -1]  # (B, d)
         logits = lm_logits(model, hidden)
         return torch.log_softmax(logits.float(), -1)[:, self.verbalizer_ids.to(logits.device)]
 

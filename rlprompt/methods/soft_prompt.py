@@ -31,7 +31,7 @@ from rlprompt.methods.budget import PairLedger
 from rlprompt.methods.options import options_into
 from rlprompt.methods.soft_common import (batched_logprobs, label_logprobs, model_device, optimizer_step,
                                           require_train_dev_and_budget, seeded, train_within_budget)
-from rlprompt.scorer import PromptEncoder, right_pad
+from rlprompt.scorer import PromptEncoder, returned_cache, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class PeftSoftPrompt:
         values (prefix), laid out as peft's get_prompt reads them: (n, layers·2·kv_heads·head_dim)."""
         if self.kind == "prompt":
             return self.base.get_input_embeddings()(ids)[0].float()
-        cache = self.base(input_ids=ids, use_cache=True).past_key_values
+        cache = returned_cache(self.base(input_ids=ids, use_cache=True))
         kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]])
                           for layer in cache.layers])  # (L, 2, H, n, D)
         return kv.permute(3, 0, 1, 2, 4).reshape(self.n, -1).float()
