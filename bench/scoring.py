@@ -12,8 +12,9 @@ What is timed, per scorer and dtype (median of --repeats calls):
   * timed: `score(prompts, examples)`. The CachedScorer's score memo is cleared before each timed
     call (its prefix KV cache is kept), so every call really runs the model on all pairs. The
     NaiveScorer keeps nothing between calls: each call runs every full sequence.
-pairs/s = prompts × examples / seconds. `max_abs_diff_fp32` compares the cached and naive (P, E, V)
-log-probs in fp32; `bf16_labels_match_fp32` compares the argmax labels of bf16 and fp32 (cached).
+pairs/s = prompts × examples / seconds. `max_abs_diff_<dtype>` compares the cached and naive (P, E, V)
+log-probs in each precision timed; with both fp32 and bf16, `bf16_labels_match_fp32` compares the argmax
+labels of bf16 and fp32 (cached). `--dtypes bf16` times bf16 alone.
 """
 
 from __future__ import annotations
@@ -91,8 +92,10 @@ def main(argv=None) -> int:
     result = {"bench": "scoring", "model": args.model, "prompts": len(prompts), "examples": len(sentences),
               "pairs": pairs, "repeats": args.repeats}
     outputs = {}
-    dtypes = args.dtypes.split(",") if args.dtypes else \
+    dtypes = list(dict.fromkeys(d.strip() for d in args.dtypes.split(","))) if args.dtypes else \
         ["fp32"] + (["bf16"] if fast_bf16(pick_device(args.device)) else [])
+    if not dtypes or not set(dtypes) <= {"fp32", "bf16", "fp16"}:
+        p.error(f"--dtypes {args.dtypes!r}: use a comma-separated list of fp32, bf16, fp16")
     result["dtypes"] = dtypes
     for dtype in dtypes:
         model, tok = load_lm(args.model, args.device, dtype)
@@ -104,9 +107,10 @@ def main(argv=None) -> int:
                                            / result[f"naive_{dtype}_pairs_per_s"], 2)
         del model
 
-    diff = (outputs["cached", "fp32"] - outputs["naive", "fp32"]).abs().max().item()
-    result["max_abs_diff_fp32"] = float(f"{diff:.3g}")
-    if "bf16" in dtypes:
+    for dtype in dtypes:  # cached against naive in each precision timed
+        diff = (outputs["cached", dtype] - outputs["naive", dtype]).abs().max().item()
+        result[f"max_abs_diff_{dtype}"] = float(f"{diff:.3g}")
+    if "bf16" in dtypes and "fp32" in dtypes:  # bf16 labels against fp32's, when both were timed
         fp32_labels = outputs["cached", "fp32"].argmax(-1)
         bf16_labels = outputs["cached", "bf16"].argmax(-1)
         result["bf16_labels_match_fp32"] = bool((fp32_labels == bf16_labels).all())

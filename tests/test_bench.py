@@ -1,0 +1,24 @@
+"""The benchmarks run: a tiny workload of bench/scoring.py prints its JSON line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtypes", ["bf16", "fp32,bf16"])
+def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
+    proc = subprocess.run([sys.executable, "bench/scoring.py", "--dtypes", dtypes, "--prompts", "2",
+                           "--examples", "2", "--repeats", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "RLPROMPT_DATA": str(data_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for dtype in dtypes.split(","):
+        assert result[f"cached_{dtype}_pairs_per_s"] > 0 and f"max_abs_diff_{dtype}" in result
+    assert ("bf16_label_agreement" in result) == ("fp32" in dtypes)
