@@ -5,6 +5,7 @@
     python evaluate.py --task sst2 --prompts-file prompts.txt --splits dev --limit 20
     python evaluate.py --run runs/<name> --sample 50  # sample 50 prompts from the trained policy, best first
     python evaluate.py --run runs/<name> --plot       # the run's curves as a PNG (and report.md)
+    python evaluate.py --run runs/<name> --export prompt.json   # a prompt card for rlprompt.PromptClassifier
     python evaluate.py --train my.csv --test my_test.csv --labels bad,good --verbalizers " bad"," good" \\
         --template "Review: {sentence} {prompt} Verdict:" --prompt "..."   # a task of your own
     python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096   # methods side by side
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --run: how many of the run's best prompts to score (default 5)")
     p.add_argument("--sample", type=int, metavar="N", help="with --run: sample N distinct prompts from the "
                    "trained policy (greedy first), score them and list them best first")
+    p.add_argument("--export", metavar="CARD.json", help="with --run: write the run's best prompt as a prompt "
+                   "card (prompt, template, verbalizers, labels, task model, precision, calibration, its "
+                   "dev/test accuracy) that rlprompt.PromptClassifier.from_card loads, then exit")
     p.add_argument("--plot", action="store_true", help="with --run: write the run's curves.png (and "
                    "report.md when the run finished), then exit")
     p.add_argument("--task-model", help="task LM: embedded name, local path or HF id (default smollm2-135m)")
@@ -145,6 +149,18 @@ def plot_run(run_dir: str) -> int:
     return 0
 
 
+def export_run_card(run_dir: str, path: str) -> int:
+    """evaluate.py --run DIR --export CARD.json: the run's best prompt as a prompt card."""
+    from rlprompt.classifier import export_card, write_card
+
+    card = export_card(run_dir)
+    write_card(path, card)
+    dev, test = ("-" if card[k] is None else f"{100 * card[k]:.1f}%" for k in ("dev_acc", "test_acc"))
+    print(f"wrote {path}: {card['prompt']!r} ({card['task']}, dev {dev}, test {test}); "
+          f"load it with rlprompt.PromptClassifier.from_card({str(path)!r})")
+    return 0
+
+
 def run(argv=None) -> int:
     """The command: score prompts (given, from a run, or sampled from its policy) on the task's splits;
     or, with --plot, draw a run's curves; or, with --compare, run the method comparison."""
@@ -155,8 +171,8 @@ def run(argv=None) -> int:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.sample is not None and args.sample < 1:
         raise UserError(f"--sample must be at least 1, got {args.sample}")
-    if (args.sample or args.plot) and not args.run:
-        raise UserError("--sample and --plot need --run DIR (a train.py run folder)")
+    if (args.sample or args.plot or args.export) and not args.run:
+        raise UserError("--sample, --plot and --export need --run DIR (a train.py run folder)")
     splits = list(dict.fromkeys(s.strip() for s in args.splits.split(",") if s.strip()))
     if not splits or any(s not in ("train", "dev", "test") for s in splits):
         raise UserError(f"--splits {args.splits!r}: use a comma-separated list of train, dev, test")
@@ -164,6 +180,8 @@ def run(argv=None) -> int:
         raise UserError(f"run folder not found: {args.run}")
     if args.plot:
         return plot_run(args.run)
+    if args.export:
+        return export_run_card(args.run, args.export)
 
     run_prompts, run_config = read_run(args.run, args.num_prompts, need_prompts=not args.sample) \
         if args.run else ([], {})

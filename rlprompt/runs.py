@@ -87,6 +87,7 @@ def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: d
     rows = [dataclasses.asdict(r) for r in best]
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
+        "label_names": task.label_names,
         "seed": cfg.seed, "steps": book.step, "stop_reason": book.stop_reason,
         "wall_s": round(book.train_s, 1), "skipped_steps": book.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
