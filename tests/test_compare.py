@@ -73,6 +73,7 @@ def test_compare_writes_one_row_per_method(tiny_lm, tmp_path, soft_stand_in):
     assert (tmp_path / "rl" / "checkpoint.pt").exists()  # the RL row keeps its run folder
 
 
+@pytest.mark.slow
 def test_compare_cli_on_smollm(tmp_path, data_dir, capsys):
     out = tmp_path / "cmp"
     rc = evaluate.main(["--task", "sst2", "--data-dir", str(data_dir), "--dtype", "fp32", "--compare",

@@ -192,6 +192,7 @@ def run(script, args, cwd):
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, tmp_path):
     train, test = review_files
     run_dir = tmp_path / "runs" / "mine"
@@ -235,6 +236,7 @@ def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, 
     assert json.loads((tmp_path / "r.json").read_text())["splits"] == {"dev": 2, "test": 4}
 
 
+@pytest.mark.slow
 def test_agnews_prompt_before_sentence_trains(tiny_model_dir, tmp_path, data_dir):
     """Four classes, the prompt in front of the sentence: train.py runs and reports per-class work."""
     proc = run("train.py", ["--task", "agnews", "--data-dir", str(data_dir), "--template", "{prompt} {sentence} Topic:",

@@ -54,6 +54,7 @@ def two_processes(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_score_and_train_like_one(two_processes, tmp_path):
     one = reinforce_experiment(tmp_path)
     two = two_processes["reinforce"]
@@ -68,6 +69,7 @@ def test_two_processes_score_and_train_like_one(two_processes, tmp_path):
     assert two["prompts"] == one["prompts"]
 
 
+@pytest.mark.slow
 def test_trl_grpo_trains_on_two_processes(two_processes):
     two = two_processes["trl-grpo"]
     assert two["world"] == 2 and two["status"] == "step budget reached"

@@ -15,6 +15,7 @@ import evaluate
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
     prompts_file = tmp_path / "p.txt"
     prompts_file.write_text("Absolutely fantastic movie\n\nThe critic's verdict:\n", encoding="utf-8")
@@ -41,6 +42,7 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
     assert "[no prompt]" in table and "[manual prompt]" in table and "dev acc (n=20)" in table
 
 
+@pytest.mark.slow
 def test_evaluate_run_folder(tmp_path, data_dir):
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
@@ -106,6 +108,7 @@ def test_multi_token_verbalizer_is_one_line(capsys, data_dir):
     assert "' terribleness'" in err and "one token" in err
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_2_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--task", "nope"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

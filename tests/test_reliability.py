@@ -45,6 +45,7 @@ def uninterrupted(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(uninterrupted, tiny_model_dir, data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "train.py", *train_args(tiny_model_dir, data_dir, tmp_path / "again")],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -52,6 +53,7 @@ def test_same_seed_same_numbers(uninterrupted, tiny_model_dir, data_dir, tmp_pat
     assert numbers(tmp_path / "again") == numbers(uninterrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "cut"
@@ -176,6 +178,7 @@ def guarded(log: Path, script: str, *argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_offline_by_default(tmp_path, data_dir):
     """The embedded model trains and evaluates with every socket refused; an unknown hub id is a
     one-line error that names --allow-download, found without trying the network."""

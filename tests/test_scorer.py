@@ -122,6 +122,7 @@ def test_score_examples_sorts_by_length_and_returns_the_examples_order(tiny_lm):
 
 # --- the real SmolLM2-135M ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cached_equals_naive_on_smollm2_fp32(smollm, data_dir):
     model, tok = smollm
     task = load_task("sst2", data_dir)
@@ -132,6 +133,7 @@ def test_cached_equals_naive_on_smollm2_fp32(smollm, data_dir):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_bf16_keeps_fp32_labels_on_sst2_dev(smollm, data_dir):
     """bf16 predicts fp32's label on every SST-2 dev example whose fp32 margin is beyond bf16's
     rounding (0.25 nats). Within it a label may flip: on an AVX2-only CPU one pair of 64, at a

@@ -68,6 +68,7 @@ def test_masked_lm_is_recognised_and_scored_at_the_mask(tiny_bert_dir, data_dir)
     assert scorer.pairs_scored == scored
 
 
+@pytest.mark.slow
 def test_train_py_with_a_masked_task_model(tiny_bert_dir, tiny_model_dir, data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--task", "sst2", "--data-dir", str(data_dir),
                            "--policy-model", str(tiny_model_dir), "--task-model", str(tiny_bert_dir),
@@ -82,6 +83,7 @@ def gemma():
     return load_lm("gemma3-270m", device="cpu", dtype="fp32")
 
 
+@pytest.mark.slow
 def test_gemma_task_lm_cached_equals_naive(gemma, data_dir):
     model, tok = gemma
     assert type(model).__name__ == "Gemma3ForCausalLM"
@@ -93,6 +95,7 @@ def test_gemma_task_lm_cached_equals_naive(gemma, data_dir):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_smollm2_policy_prompts_scored_by_gemma(gemma, smol_tokenizer, data_dir):
     """Policy LM ≠ task LM: prompts written in SmolLM2 tokens are decoded to text and scored by Gemma."""
     from envs import PromptClassificationEnv

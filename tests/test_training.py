@@ -131,6 +131,7 @@ def run_train(args, cwd):
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_py_end_to_end_and_resume(tiny_model_dir, tmp_path, data_dir):
     import pathlib
 

@@ -142,6 +142,7 @@ def test_trl_refuses_what_it_cannot_do(smol_tokenizer, tmp_path):
         TrainConfig(trainer="ppo")
 
 
+@pytest.mark.slow
 def test_train_py_trl_grpo_end_to_end(tiny_model_dir, tmp_path, data_dir):
     run = tmp_path / "run"
     args = ["--task", "sst2", "--data-dir", str(data_dir), "--policy-model", str(tiny_model_dir),
