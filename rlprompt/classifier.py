@@ -118,8 +118,9 @@ class PromptClassifier:
 
     @torch.no_grad()
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N, C) calibrated verbalizer log-probs: the task LM's full-vocabulary log-prob of each
-        verbalizer token minus the calibration offset. Texts are scored in batches of `batch_size`,
+        """(N, C) verbalizer scores: the task LM's full-vocabulary log-prob of each verbalizer token or,
+        with calibration, their log-softmax over the verbalizers minus the prompt's calibration vector
+        (rlprompt/calibration.py's calibrated score). Texts are scored in batches of `batch_size`,
         shortest first (as a run scores its test set)."""
         from rlprompt.evaluation import score_examples
         from rlprompt.tasks import Example
@@ -130,7 +131,7 @@ class PromptClassifier:
         examples = [Example(t, 0) for t in texts]
         logp = score_examples(self.scorer, [self.prompt], examples, self.batch_size, progress=False)[0]
         if self._offsets is not None:
-            logp = logp - torch.tensor(self._offsets, dtype=logp.dtype)
+            logp = torch.log_softmax(logp.float(), -1) - torch.tensor(self._offsets)
         return logp
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -180,7 +181,7 @@ def export_card(run_dir: str | Path, rank: int = 1) -> dict:
     config = summary.get("config", {})
     labels = summary.get("label_names") or _run_label_names(root / TASK_FILE, config)
     examples = summary.get("examples", {})
-    calibration = row.get("calibration") or summary.get("calibration") or {"mode": "none"}
+    calibration = row.get("calibration") or {"mode": "none"}
     return {
         "format": CARD_FORMAT, "prompt": row["prompt"], "template": summary["template"],
         "verbalizers": summary["verbalizers"], "label_names": labels,

@@ -68,12 +68,13 @@ def test_from_run_reproduces_the_runs_test_accuracy(tiny_run):
 
 def test_batches_do_not_change_the_answer(tiny_run):
     run, _ = tiny_run
-    texts = [e.text for e in EXAMPLES]
-    one_batch = PromptClassifier.from_run(run, device="cpu", batch_size=64).predict_proba(texts)
-    small = PromptClassifier.from_run(run, device="cpu", batch_size=3).predict_proba(texts)
-    one_by_one = np.concatenate([PromptClassifier.from_run(run, device="cpu").predict_proba([t]) for t in texts[:4]])
+    texts = [e.text for e in EXAMPLES[:16]]
+    clf = PromptClassifier.from_run(run, device="cpu", batch_size=64)
+    one_batch = clf.predict_proba(texts)
+    loaded = dict(model=clf.model, tokenizer=clf.tokenizer)  # the same task LM, fresh scorers
+    small = PromptClassifier.from_run(run, batch_size=3, **loaded).predict_proba(texts)
+    one_by_one = np.concatenate([PromptClassifier.from_run(run, **loaded).predict_proba([t]) for t in texts[:4]])
     assert np.allclose(one_batch, small, atol=1e-5) and np.allclose(one_batch[:4], one_by_one, atol=1e-5)
-    clf = PromptClassifier.from_run(run, device="cpu")
     assert clf.predict([]) == [] and clf.predict_proba([]).shape == (0, 2)
     assert clf(texts[0]) == clf.predict([texts[0]])
 
@@ -108,8 +109,9 @@ def test_calibration_offsets_are_subtracted(tiny_model_dir, tiny_run, tmp_path):
     rows = [{"prompt": PROMPT, "dev_acc": 0.5, "test_acc": None, "calibration": {"mode": "batch", "vector": vector}}]
     calibrated = PromptClassifier.from_run(write_run(tmp_path / "cal", str(tiny_model_dir), rows), device="cpu",
                                            model=plain.model, tokenizer=plain.tokenizer)
-    expected = torch.softmax(raw - torch.tensor(vector), -1).numpy()
-    assert np.allclose(calibrated.predict_proba(texts), expected, atol=1e-6)
+    expected = torch.log_softmax(raw, -1) - torch.tensor(vector)
+    assert torch.allclose(calibrated.logits(texts), expected, atol=1e-5)
+    assert np.allclose(calibrated.predict_proba(texts), torch.softmax(raw - torch.tensor(vector), -1).numpy(), atol=1e-6)
     assert calibrated.card()["calibration"] == {"mode": "batch", "vector": vector}
 
 
