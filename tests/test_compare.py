@@ -46,6 +46,7 @@ def test_parse_method_options():
         compare.parse_method_options(["ape.keep_frac"])
 
 
+@pytest.mark.slow
 def test_compare_writes_one_row_per_method(tiny_lm, tmp_path, soft_stand_in):
     model, tok = tiny_lm
     task = toy_task()

@@ -260,6 +260,7 @@ def test_manual_row_scores_dev_and_test_only(smol_tokenizer):
         manual.run(parity_ctx(smol_tokenizer, budget=5))
 
 
+@pytest.mark.slow
 def test_rl_row_derives_its_steps_from_the_budget(smol_tokenizer, tmp_path):
     policy_lm = fresh_tiny_lm(smol_tokenizer, seed=1)
     opts = dict(policy_lm=(policy_lm, smol_tokenizer), prompts_per_step="4", prompt_length="3", top_k="32",

@@ -101,6 +101,7 @@ def test_env_scores_prompts_with_a_distillation_reward(smol_tokenizer, tiny_lm):
     assert rewards[1] == pytest.approx(float(expected), abs=1e-6) and rewards[1] < 0
 
 
+@pytest.mark.slow
 def test_rl_loop_raises_the_distillation_reward_on_a_toy_task(smol_tokenizer, tmp_path):
     """Teacher: the toy task LM under a prompt of even token ids only (confident and right). The
     policy is rewarded for matching it; the reward rises as it learns to write even ids."""
@@ -269,6 +270,7 @@ def tiny_policy_dir(smol_tokenizer, tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_rl_compress_returns_a_short_text_prompt_within_budget_deterministically(tiny_lm, tiny_policy_dir):
     model, tok = tiny_lm
 

@@ -77,6 +77,7 @@ def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tin
     assert numbers(out) == numbers(uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_while_scoring_test_keeps_dev_results_and_resume_finishes(tiny_model_dir, tmp_path, monkeypatch,
                                                                         capsys):
     """A real SIGTERM arrives as test scoring starts (after an early stop): the run exits 130 with one

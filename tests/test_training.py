@@ -104,6 +104,7 @@ def toy_trainer(tokenizer, tmp_path, steps, seed=0, scorer=None, **overrides):
     return Trainer(cfg, policy, env, env, tmp_path)
 
 
+@pytest.mark.slow
 def test_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     trainer = toy_trainer(smol_tokenizer, tmp_path, steps=80, prompts_per_step=16)
     assert trainer.run(progress=False) == "step budget reached"
@@ -112,6 +113,7 @@ def test_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     assert (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     full = toy_trainer(smol_tokenizer, tmp_path / "full", steps=10)
     full.run(progress=False)

@@ -90,6 +90,7 @@ def test_reference_is_the_base_model_without_a_copy(smol_tokenizer, tmp_path):
     assert not torch.allclose(adapted, ref, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_trl_trains_only_the_adaptor_and_writes_the_default_trainers_files(smol_tokenizer, tmp_path):
     trainer = toy_grpo(smol_tokenizer, tmp_path, steps=3, kl_coef=0.2, entropy_coef=0.01, eval_every=3,
                        checkpoint_every=3)
@@ -113,6 +114,7 @@ def test_trl_trains_only_the_adaptor_and_writes_the_default_trainers_files(smol_
         assert torch.equal(state["adaptor"][name], value)
 
 
+@pytest.mark.slow
 def test_trl_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     # tests/test_training.py::test_reward_rises_on_a_learnable_toy_task, with trl's GRPO as the trainer
     trainer = toy_grpo(smol_tokenizer, tmp_path, steps=40, prompts_per_step=16)
@@ -121,6 +123,7 @@ def test_trl_reward_rises_on_a_learnable_toy_task(smol_tokenizer, tmp_path):
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 40, rewards
 
 
+@pytest.mark.slow
 def test_trl_resume_reproduces_the_uninterrupted_run(smol_tokenizer, tmp_path):
     full = toy_grpo(smol_tokenizer, tmp_path / "full", steps=4, checkpoint_every=2, eval_every=2)
     full.run(progress=False)
