@@ -3,7 +3,7 @@
     from rlprompt import PromptClassifier
 
     clf = PromptClassifier.from_run("runs/sst2__13__20261130-001500")   # the run's best prompt
-    clf.predict(["A gripping, beautiful film.", "Dull and far too long."])  # -> ['positive', 'negative']
+    clf.predict(["A gripping, beautiful film.", "Dull and far too long."])  # -> one label name per text
     clf.predict_proba(texts)                                               # (N, C) numpy, rows sum to 1
     clf.save("prompt.json")                                                # a prompt card ...
     PromptClassifier.from_card("prompt.json", device="cuda")               # ... another program can load
