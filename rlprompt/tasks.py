@@ -21,6 +21,7 @@ import yaml
 
 from rlprompt.datafiles import HF_SCHEME, read_labelled
 from rlprompt.errors import UserError
+from rlprompt.templates import resolve_template
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SEEDS = (13, 21, 42, 87, 100)
@@ -186,6 +187,10 @@ class TaskSpec:
     manual_prompt: str = ""
     seeds: list[int] | None = None  # the splits that exist, for paths with {seed}
     dev_fraction: float = 0.2
+
+    def __post_init__(self):
+        if isinstance(self.template, str):
+            self.template = resolve_template(self.template)  # a named template (`rlprompt`) -> its text
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TaskSpec:
