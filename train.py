@@ -18,6 +18,7 @@ from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.config import TrainConfig, add_arguments
 from rlprompt.errors import UserError
 from rlprompt.runs import RUN_IDENTITY, TASK_FILE, finalize, load_run_task, make_run_dir, print_summary
+from rlprompt.template_search import search_template
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
@@ -52,15 +53,16 @@ def main(argv=None) -> int:
     quiet_transformers()
     process_state(cfg.device)  # under `accelerate launch`: join the other processes
     spec, task = load_run_task(cfg, Path(cfg.resume) if cfg.resume else None)
+    spec, task, task_lm = search_template(cfg, spec, task)
     main_process = is_main_process()  # under `accelerate launch`, only rank 0 logs, prints and writes
     for note in task.notes if main_process else []:
         print(f"note: {note}")
     run_dir = make_run_dir(cfg, task.name)
     if cfg.save_task and main_process:
-        cfg.task_spec().to_file(cfg.save_task)
+        cfg.task_spec().with_overrides(template=task.template, verbalizers=task.verbalizers).to_file(cfg.save_task)
         print(f"task saved to {cfg.save_task} (reuse it with --task-file {cfg.save_task})")
     seed_everything(cfg.seed)
-    scorer, policy, train_env, dev_env = build(cfg, task)
+    scorer, policy, train_env, dev_env = build(cfg, task, task_lm)
     if main_process:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
         spec.to_file(run_dir / TASK_FILE)

@@ -6,14 +6,15 @@ from __future__ import annotations
 from rlprompt.config import TrainConfig
 
 
-def build(cfg: TrainConfig, task):
-    """Task-LM scorer, policy and the train/dev environments of a config and its task."""
+def build(cfg: TrainConfig, task, task_lm=None):
+    """Task-LM scorer, policy and the train/dev environments of a config and its task. `task_lm`:
+    the (model, tokenizer) of the task LM when already loaded."""
     from rlprompt.distributed import ShardedScorer, process_device, world_size
     from rlprompt.models import load_lm
     from rlprompt.scorer import build_scorer
 
     device = process_device(cfg.device)
-    task_model, task_tok = load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
+    task_model, task_tok = task_lm or load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
     scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
     if world_size() > 1:  # under `accelerate launch`: each process scores its share of the examples
         scorer = ShardedScorer(scorer)

@@ -82,6 +82,12 @@ class TrainConfig(TaskArgs):
     resume: str | None = _f(None, "run folder to resume from its checkpoint")
     allow_download: bool = _f(False, "allow fetching models from the Hugging Face hub")
     skip_test: bool = _f(False, "do not score the final prompts on the test set")
+    auto_template: bool = _f(False, "pick the template by search (no prompt, train+dev accuracy) among the "
+                             "written ones and the task's own; the default for data of your own without "
+                             "--template (python -m rlprompt.template_search prints the ranking)")
+    auto_verbalizers: bool = _f(False, "pick one label word per class by the same search among the task LM's "
+                                "single tokens nearest the label names and a few synonyms; the default for "
+                                "data of your own without --verbalizers")
 
     def __post_init__(self):
         if self.prompt_length < 1:

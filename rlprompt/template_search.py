@@ -241,6 +241,19 @@ def apply_search(cfg, spec, task, model, tokenizer):
             dataclasses.replace(task, template=template, verbalizers=words, notes=notes))
 
 
+def search_template(cfg, spec, task):
+    """(spec, task, task LM or None) for train.py: when `wanted(cfg)` asks for a search, the task LM is
+    loaded (and returned, for the run to reuse) and the picked template/verbalizers applied."""
+    if not any(wanted(cfg)):
+        return spec, task, None
+    from rlprompt.distributed import process_device
+    from rlprompt.models import load_lm
+
+    model, tokenizer = load_lm(cfg.task_model, process_device(cfg.device), cfg.task_dtype, cfg.allow_download)
+    spec, task = apply_search(cfg, spec, task, model, tokenizer)
+    return spec, task, (model, tokenizer)
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 def parse_words(text: str) -> list[list[str]]:
