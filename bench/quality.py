@@ -1,0 +1,294 @@
+"""Quality benchmark: a method on several tasks x the 5 few-shot seeds, the RL prompt next to every baseline.
+
+    python bench/quality.py --label default                                  # train.py, default flags
+    python bench/quality.py --label calib --tasks sst2 -- --steps 40 --calibration batch   # flags after --
+    python bench/quality.py --label abl --tasks sst2 --eval-set full-dev -- --steps 40     # ablation: not test
+    python bench/quality.py --label mine --command "python my.py --task {task} --seed {seed} --out {out}"
+
+Each (task, seed) is one run of the method (default `train.py --task T --seed S --out RUN` plus the
+flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (several GPUs: round
+robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
+small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
+committed), and a finished (task, seed) is not run again. At the end it prints one JSON document and
+a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
+strongest baseline and the RL margin over it, wall time, pairs scored), also written next to the
+results as quality.json and quality.md.
+
+`--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
+to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rlprompt.cli import OneLineArgumentParser, run_cli
+from rlprompt.errors import UserError
+from rlprompt.tasks import SEEDS, parse_list, resolve_data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+FULL_DEV = {"sst2": "sst-2/full/dev.tsv"}  # a fixed validation set that is not the test set, per task
+
+
+def parse_args(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n", 1)[1])
+    p.add_argument("--label", required=True, help="name of this configuration: its results folder")
+    p.add_argument("--tasks", default="sst2,mr,agnews", help="comma-separated presets (default sst2,mr,agnews)")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default the 5)")
+    p.add_argument("--eval-set", choices=["test", "full-dev"], default="test",
+                   help="what the accuracies are measured on: the test set, or SST-2's full/dev.tsv (872)")
+    p.add_argument("--jobs", default="auto", help="runs at a time (default auto: 1 on a CPU, up to 8 on GPUs)")
+    p.add_argument("--results", default=str(REPO / "bench" / "results" / "quality"),
+                   help="results root; one folder per --label (default bench/results/quality)")
+    p.add_argument("--runs-dir", default="runs/quality", help="where the run folders go (default runs/quality)")
+    p.add_argument("--data-dir", help="few-shot data folder (passed on to the method)")
+    p.add_argument("--command", help="the method as a command line with {task}, {seed}, {out} (and {data_dir}, "
+                   "{test}) filled in; it must write {out}/summary.json as train.py does (default: train.py)")
+    args = p.parse_args(argv)
+    args.passthrough = passthrough
+    args.tasks = parse_list(args.tasks) or []
+    try:
+        args.seeds = [int(s) for s in parse_list(args.seeds) or []]
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: give comma-separated integers") from None
+    if not args.tasks or not args.seeds:
+        raise UserError("give at least one task (--tasks) and one seed (--seeds)")
+    if args.eval_set == "full-dev":
+        missing = [t for t in args.tasks if t not in FULL_DEV]
+        if missing:
+            raise UserError(f"--eval-set full-dev exists for {', '.join(FULL_DEV)} only, not {', '.join(missing)}")
+    return args
+
+
+def eval_file(args, task: str) -> str | None:
+    """The --test override of the eval set (None: the task's own test set)."""
+    if args.eval_set == "test":
+        return None
+    path = resolve_data_dir(args.data_dir) / FULL_DEV[task]
+    if not path.is_file():
+        raise UserError(f"--eval-set full-dev: {path} not found")
+    return str(path)
+
+
+def method_command(args, task: str, seed: int, out: Path) -> list[str]:
+    """The command line of one (task, seed) run."""
+    test = eval_file(args, task)
+    if args.command:
+        data_dir = args.data_dir or str(resolve_data_dir(None))
+        fields = {"task": task, "seed": seed, "out": str(out), "data_dir": data_dir, "test": test or ""}
+        return [part.format(**fields) for part in shlex.split(args.command)] + args.passthrough
+    cmd = [sys.executable, str(REPO / "train.py"), "--task", task, "--seed", str(seed), "--out", str(out)]
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    cmd += ["--test", test] if test else []
+    return cmd + args.passthrough
+
+
+def strongest(baselines: dict[str, dict], given: dict | None) -> dict | None:
+    """The run's strongest baseline: summary.json's own when it names one, else the best on dev."""
+    if given and given.get("name") in baselines:
+        return {"name": given["name"], **baselines[given["name"]]}
+    if not baselines:
+        return None
+    name = max(baselines, key=lambda n: baselines[n]["dev_acc"] if baselines[n]["dev_acc"] is not None else -1)
+    return {"name": name, **baselines[name]}
+
+
+def result_from_summary(summary: dict, meta: dict) -> dict:
+    """The small per-(task, seed) result: RL prompt, baselines, strongest baseline and margin, cost."""
+    best = summary.get("best_prompt") or {}
+    baselines = {b["name"]: {"prompt": b.get("prompt"), "dev_acc": b.get("dev_acc"), "test_acc": b.get("test_acc")}
+                 for b in summary.get("baselines", [])}
+    top = strongest(baselines, summary.get("strongest_baseline"))
+    rl = best.get("test_acc")
+    margin = rl - top["test_acc"] if rl is not None and top and top.get("test_acc") is not None else None
+    return {
+        **meta,
+        "eval_n": summary.get("examples", {}).get("test"),
+        "rl": {"prompt": best.get("prompt"), "dev_acc": best.get("dev_acc"), "test_acc": rl},
+        "baselines": baselines, "strongest_baseline": top, "margin": margin,
+        "train_wall_s": summary.get("wall_s"), "steps": summary.get("steps"),
+        "pairs_scored": summary.get("pairs_scored"), "template": summary.get("template"),
+        "verbalizers": summary.get("verbalizers"), "calibration": summary.get("config", {}).get("calibration"),
+    }
+
+
+def result_path(args, task: str, seed: int) -> Path:
+    return Path(args.results) / args.label / f"{task}__{seed}.json"
+
+
+def load_done(args, task: str, seed: int) -> dict | None:
+    """The result of a finished (task, seed), or None; a result made with other flags is an error."""
+    path = result_path(args, task, seed)
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text(encoding="utf-8"))
+    if done.get("eval_set") != args.eval_set or done.get("method_args") != args.passthrough \
+            or done.get("command_template") != args.command:
+        raise UserError(f"{path} was made with other settings (eval set {done.get('eval_set')}, flags "
+                        f"{done.get('method_args')}); use another --label or delete it")
+    return done
+
+
+def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
+    """Run the method on one (task, seed), write and return its result."""
+    out = Path(args.runs_dir) / args.label / f"{task}__{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = method_command(args, task, seed, out)
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    start = time.time()
+    with open(out.parent / f"{task}__{seed}.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise UserError(f"{task} seed {seed} failed (exit {proc.returncode}); see {out.parent / f'{task}__{seed}.log'}")
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"{task} seed {seed}: the method wrote no {summary_path}")
+    meta = {"label": args.label, "task": task, "seed": seed, "eval_set": args.eval_set,
+            "method_args": args.passthrough, "command_template": args.command, "command": cmd,
+            "wall_s": round(wall, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = result_from_summary(json.loads(summary_path.read_text(encoding="utf-8")), meta)
+    path = result_path(args, task, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return result
+
+
+def mean_std(values: list) -> dict:
+    """{'mean', 'std', 'n'} of the non-None values (sample std; 0 for one value)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per task: per-seed and mean ± std of the RL prompt, each baseline (by name, as found), the
+    strongest baseline and the RL margin over it, wall time and pairs scored."""
+    tasks = {}
+    for task in dict.fromkeys(r["task"] for r in results):
+        rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["seed"])
+        names = list(dict.fromkeys(n for r in rows for n in r["baselines"]))
+        per_seed = {str(r["seed"]): r for r in rows}
+
+        def column(get):
+            values = {s: get(r) for s, r in per_seed.items()}
+            return {"per_seed": values, **mean_std(list(values.values()))}
+
+        tasks[task] = {
+            "seeds": [r["seed"] for r in rows],
+            "eval_set": sorted({r["eval_set"] for r in rows}), "eval_n": rows[0].get("eval_n"),
+            "rl": column(lambda r: r["rl"]["test_acc"]),
+            "baselines": {n: column(lambda r, n=n: r["baselines"].get(n, {}).get("test_acc")) for n in names},
+            "strongest_baseline": {**column(lambda r: (r["strongest_baseline"] or {}).get("test_acc")),
+                                   "names": {s: (r["strongest_baseline"] or {}).get("name")
+                                             for s, r in per_seed.items()}},
+            "margin": column(lambda r: r["margin"]),
+            "wall_s": {"total": round(sum(r["wall_s"] for r in rows), 1), **mean_std([r["wall_s"] for r in rows])},
+            "pairs_scored": {"total": sum(r["pairs_scored"] or 0 for r in rows),
+                             **mean_std([r["pairs_scored"] for r in rows])},
+        }
+    return tasks
+
+
+def pm(col: dict) -> str:
+    return "–" if col["mean"] is None else f"{100 * col['mean']:.1f} ± {100 * col['std']:.1f}"
+
+
+def markdown(label: str, tasks: dict) -> str:
+    """The mean ± std table (one column per baseline name found) and the per-seed table."""
+    names = list(dict.fromkeys(n for t in tasks.values() for n in t["baselines"]))
+    head = ["task", "eval set", "seeds", "RL prompt", *names, "strongest baseline", "RL − strongest",
+            "wall s/seed", "pairs/seed"]
+    lines = [f"### {label}: accuracy % (mean ± std over seeds)", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for task, t in tasks.items():
+        base = [pm(t["baselines"][n]) if n in t["baselines"] else "–" for n in names]
+        margin = "–" if t["margin"]["mean"] is None else f"{100 * t['margin']['mean']:+.1f} ± {100 * t['margin']['std']:.1f}"
+        lines.append(f"| {task} | {','.join(t['eval_set'])} (n={t['eval_n']}) | {len(t['seeds'])} | {pm(t['rl'])} | "
+                     + " | ".join(base) + f" | {pm(t['strongest_baseline'])} | {margin} | "
+                     f"{t['wall_s']['mean']:.0f} | {t['pairs_scored']['mean']:.0f} |")
+    lines += ["", "Per seed (accuracy %; strongest baseline by name):", "",
+              "| task | seed | RL prompt | " + " | ".join(names) + " | strongest | RL − strongest |",
+              "|" + "---|" * (5 + len(names))]
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    for task, t in tasks.items():
+        for s in map(str, t["seeds"]):
+            base = [pct(t["baselines"][n]["per_seed"].get(s)) if n in t["baselines"] else "–" for n in names]
+            m = t["margin"]["per_seed"][s]
+            lines.append(f"| {task} | {s} | {pct(t['rl']['per_seed'][s])} | " + " | ".join(base)
+                         + f" | {t['strongest_baseline']['names'][s]} {pct(t['strongest_baseline']['per_seed'][s])} | "
+                         + ("–" if m is None else f"{100 * m:+.1f}") + " |")
+    return "\n".join(lines)
+
+
+def gpus() -> list[str]:
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pairs = [(t, s) for t in args.tasks for s in args.seeds]
+    done = {(t, s): load_done(args, t, s) for t, s in pairs}
+    todo = [p for p in pairs if done[p] is None]
+    for t, s in pairs:
+        if done[(t, s)] is not None:
+            print(f"[{t} seed {s}] done before: {result_path(args, t, s)}", file=sys.stderr)
+    for t, s in todo:
+        method_command(args, t, s, Path("."))  # bad settings fail before anything runs
+    devices = gpus()
+    jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
+    jobs = max(1, jobs)
+
+    def work(i_pair):
+        i, (t, s) = i_pair
+        gpu = devices[i % len(devices)] if devices and jobs > 1 else None
+        print(f"[{t} seed {s}] running" + (f" on GPU {gpu}" if gpu is not None else ""), file=sys.stderr)
+        r = run_one(args, t, s, gpu)
+        acc = r["rl"]["test_acc"]
+        print(f"[{t} seed {s}] finished in {r['wall_s']:.0f} s: RL prompt "
+              f"{'–' if acc is None else f'{100 * acc:.1f}'} % on {args.eval_set}", file=sys.stderr)
+        return (t, s), r
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for key, r in pool.map(work, enumerate(todo)):
+            done[key] = r
+    tasks = aggregate([done[p] for p in pairs])
+    doc = {"label": args.label, "eval_set": args.eval_set, "method_args": args.passthrough,
+           "command": args.command or "train.py", "tasks": tasks}
+    table = markdown(args.label, tasks)
+    folder = Path(args.results) / args.label
+    (folder / "quality.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "quality.md").write_text(table + "\n", encoding="utf-8")
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda: main()))

@@ -1,0 +1,88 @@
+"""bench/quality.py: the aggregation (one column per baseline found, strongest baseline, margin) and a
+1-seed smoke run on a tiny model that resumes instead of rerunning."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("quality_bench", REPO / "bench" / "quality.py")
+quality = importlib.util.module_from_spec(_spec)  # bench scripts are files, not a package
+_spec.loader.exec_module(quality)
+
+
+def fake_summary(seed, rl, baselines, strongest=None):
+    summary = {"seed": seed, "wall_s": 10.0, "steps": 5, "pairs_scored": 100 * seed, "template": "t",
+               "verbalizers": [" a", " b"], "examples": {"test": 50},
+               "best_prompt": {"prompt": "p", "dev_acc": 0.9, "test_acc": rl},
+               "baselines": [{"name": n, "prompt": n, "dev_acc": d, "test_acc": t} for n, d, t in baselines]}
+    if strongest:
+        summary["strongest_baseline"] = strongest
+    return summary
+
+
+def test_aggregate_makes_a_column_per_baseline_and_the_margin_over_the_strongest():
+    meta = {"task": "sst2", "eval_set": "test", "wall_s": 12.0}
+    a = quality.result_from_summary(fake_summary(1, 0.80, [("no prompt", 0.6, 0.70), ("manual prompt", 0.7, 0.60)]),
+                                    {**meta, "seed": 1})
+    b = quality.result_from_summary(fake_summary(2, 0.70, [("no prompt", 0.6, 0.50), ("4-shot demos", 0.5, 0.75)],
+                                                 strongest={"name": "4-shot demos", "dev_acc": 0.5, "test_acc": 0.75}),
+                                    {**meta, "seed": 2})
+    assert a["strongest_baseline"]["name"] == "manual prompt"  # best on dev when the summary names none
+    assert a["margin"] == pytest.approx(0.20) and b["margin"] == pytest.approx(-0.05)
+    t = quality.aggregate([b, a])["sst2"]
+    assert t["seeds"] == [1, 2]
+    assert set(t["baselines"]) == {"no prompt", "manual prompt", "4-shot demos"}
+    assert t["rl"]["mean"] == pytest.approx(0.75) and t["rl"]["std"] == pytest.approx(0.0707, abs=1e-3)
+    assert t["baselines"]["4-shot demos"]["per_seed"] == {"1": None, "2": 0.75}
+    assert t["baselines"]["4-shot demos"]["n"] == 1
+    assert t["margin"]["mean"] == pytest.approx(0.075) and t["pairs_scored"]["total"] == 300
+    table = quality.markdown("x", {"sst2": t})
+    assert "| 4-shot demos |" in table and "75.0 ± 7.1" in table and "+7.5 ± 17.7" in table
+    assert "| sst2 | 2 | 70.0 | 50.0 | – | 75.0 | 4-shot demos 75.0 | -5.0 |" in table
+
+
+def bench(args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=900)
+
+
+def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, data_dir, tmp_path):
+    tiny = str(tiny_model_dir)
+    common = ["--label", "smoke", "--tasks", "sst2", "--seeds", "13", "--eval-set", "full-dev",
+              "--data-dir", str(data_dir), "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    flags = ["--", "--policy-model", tiny, "--task-model", tiny, "--task-dtype", "fp32", "--steps", "2",
+             "--prompts-per-step", "2", "--eval-every", "1"]
+    proc = bench(common + flags, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "smoke" / "sst2__13.json").read_text())
+    assert result["eval_set"] == "full-dev" and result["eval_n"] == 872
+    assert "--test" in result["command"] and result["method_args"] == flags[1:]
+    assert {"no prompt", "manual prompt"} <= set(result["baselines"])
+    assert result["rl"]["test_acc"] is not None and result["pairs_scored"] > 0
+    doc = json.loads(proc.stdout[:proc.stdout.index("\n}\n") + 2])
+    t = doc["tasks"]["sst2"]
+    assert t["rl"]["per_seed"]["13"] == result["rl"]["test_acc"] and t["rl"]["n"] == 1
+    assert "no prompt" in t["baselines"] and t["strongest_baseline"]["n"] == 1
+    assert "| sst2 | full-dev (n=872) | 1 |" in proc.stdout
+    assert (tmp_path / "results" / "smoke" / "quality.md").is_file()
+
+    again = bench(common + flags, tmp_path)  # finished: read back, not rerun
+    assert again.returncode == 0 and "done before" in again.stderr and "running" not in again.stderr
+    assert json.loads(again.stdout[:again.stdout.index("\n}\n") + 2]) == doc
+
+    other = bench(common + flags + ["--lr", "1e-4"], tmp_path)  # other flags under the same label
+    assert other.returncode == 2 and other.stderr.strip().startswith("error: ") and "--label" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_quality_bench_bad_settings_fail_in_one_line(tmp_path):
+    proc = bench(["--label", "x", "--tasks", "mr", "--eval-set", "full-dev"], tmp_path)
+    assert proc.returncode == 2 and "full-dev exists for sst2 only" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
