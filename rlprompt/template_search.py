@@ -233,7 +233,8 @@ def apply_search(cfg, spec, task, model, tokenizer):
     template, words, rows = choose_for_task(task, model, tokenizer, templates, verbalizers)
     what = " and ".join(x for x, on in (("template", templates), ("verbalizers", verbalizers)) if on)
     best = rows[0]
-    note = (f"{what} picked by search on train+dev with no prompt ({len(rows)} templates scored): "
+    among = f" among {len(rows)} templates" if templates else ""
+    note = (f"{what} picked by search{among}, scored with no prompt on train+dev: "
             f"template {template!r}" + (f" ({best.name})" if best.name != "(given)" else "")
             + f", verbalizers {words}, accuracy {100 * best.accuracy:.1f}%; fix them with --template/--verbalizers")
     notes = [n for n in task.notes if not (verbalizers and n.startswith("verbalizers default"))] + [note]
