@@ -108,13 +108,14 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
     plot_run_curves(history, run_dir / CURVES_PNG, baselines,
                 title=f"{summary.get('task')} — seed {summary.get('seed')}")
     n = summary.get("examples", {})
+    template = (summary.get("template") or cfg.get("template") or "").replace("\n", "\\n")  # one line
     lines = [
         f"# Run `{run_dir.name}`: {summary.get('task')}", "",
         f"- task: **{summary.get('task')}** (seed {summary.get('seed')}; {n.get('train', '?')} train, "
         f"{n.get('dev', '?')} dev, {n.get('test', '?')} test examples)",
         f"- policy LM: `{cfg.get('policy_model')}`; task LM: `{cfg.get('task_model')}` "
         f"({summary.get('task_dtype', cfg.get('task_dtype'))})",
-        f"- template: `{summary.get('template') or cfg.get('template')}`",
+        f"- template: `{template}`",
         f"- budget: {cfg.get('steps')} steps × {cfg.get('prompts_per_step')} prompts of "
         f"{cfg.get('prompt_length')} tokens; ran {summary.get('steps')} steps ({summary.get('stop_reason')}); "
         f"{summary.get('pairs_scored', '?')} (prompt, example) pairs run through the task LM (train, dev and test)",

@@ -28,7 +28,7 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
     from rlprompt.models import dtype_name, parse_dtype
 
     assert data["dtype"] == dtype_name(parse_dtype("auto", torch.device("cpu")))
-    assert data["verbalizers"] == [" terrible", " great"]
+    assert data["verbalizers"] == [" negative", " positive"]
     rows = {r["source"]: r for r in data["results"]}
     assert rows["no prompt"]["prompt"] == ""
     assert rows["manual prompt"]["prompt"] == "Overall, what did the reviewer think of the movie?"
