@@ -53,6 +53,7 @@ def bench(args, cwd):
                           text=True, cwd=cwd, timeout=900)
 
 
+@pytest.mark.slow
 def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, data_dir, tmp_path):
     tiny = str(tiny_model_dir)
     common = ["--label", "smoke", "--tasks", "sst2", "--seeds", "13", "--eval-set", "full-dev",
@@ -82,6 +83,7 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert len(other.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_quality_bench_bad_settings_fail_in_one_line(tmp_path):
     proc = bench(["--label", "x", "--tasks", "mr", "--eval-set", "full-dev"], tmp_path)
     assert proc.returncode == 2 and "full-dev exists for sst2 only" in proc.stderr

@@ -89,6 +89,7 @@ def run(args, cwd):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_new_task_without_template_gets_one_picked_and_said(tiny_model_dir, tmp_path):
     train = write_reviews(tmp_path / "reviews.csv")
     out = tmp_path / "run"
@@ -116,6 +117,7 @@ def test_new_task_without_template_gets_one_picked_and_said(tiny_model_dir, tmp_
     assert proc.returncode == 0 and "picked by search" not in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_template_search_cli_bad_candidates_one_line(tiny_model_dir, tmp_path):
     train = write_reviews(tmp_path / "reviews.csv")
     proc = run(["-m", "rlprompt.template_search", "--train", str(train), "--task-model", str(tiny_model_dir),
