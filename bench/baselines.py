@@ -22,7 +22,7 @@ import time
 from rlprompt.baselines import Baselines
 from rlprompt.cli import quiet_transformers, run_cli
 from rlprompt.errors import UserError
-from rlprompt.tasks import find_spec, parse_list, read_tsv, resolve_data_dir
+from rlprompt.tasks import find_spec, parse_list, read_tsv, resolve_data_dir, split_dev
 
 MODES = ("batch", "contextual")
 
@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
+    p.add_argument("--sample", type=int, help="score a class-stratified random N of --eval-file (seed 0), "
+                   "for a quick measurement on a CPU")
     p.add_argument("--markdown", help="also write the Markdown table to this file")
     args = p.parse_args(argv)
 
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     variants = [parse_variant(v, spec) for v in (args.variant or ["preset"])]
     data_dir = resolve_data_dir(args.data_dir)
     examples = read_tsv(args.eval_file.replace("{data_dir}", str(data_dir)), len(spec.labels))
+    if args.sample and args.sample < len(examples):
+        _, examples = split_dev(examples, args.sample / len(examples), seed=0)  # the stratified share
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype)
     start, results = time.perf_counter(), []
     for template, verbalizers in variants:
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
                                 "prompt": row["prompt"], "acc": row["eval_acc"]})
                 print(f"{template!r} seed {seed} {row['name']}: {100 * row['eval_acc']:.1f}", file=sys.stderr)
     agg = aggregate(results)
-    doc = {"task": spec.name, "eval_file": args.eval_file, "n": len(examples), "task_model": args.task_model,
+    doc = {"task": spec.name, "eval_file": args.eval_file, "sample": args.sample, "n": len(examples), "task_model": args.task_model,
            "dtype": dtype_name(next(model.parameters()).dtype), "device": str(next(model.parameters()).device),
            "seeds": seeds, "wall_s": round(time.perf_counter() - start, 1), "results": results, "aggregate": agg}
     print(json.dumps(doc, indent=2))
