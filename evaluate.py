@@ -217,7 +217,7 @@ def run(argv=None) -> int:
     if run_prompts and mode != "none":  # the run's prompts are scored with the vectors they were found with
         from rlprompt.calibration import saved_vectors
 
-        vectors = saved_vectors(read_prompts_json(Path(args.run))[:args.top_k], mode, len(task.verbalizers),
+        vectors = saved_vectors(read_prompts_json(Path(args.run))[:args.num_prompts], mode, len(task.verbalizers),
                                 str(Path(args.run) / "prompts.json"))
 
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)

@@ -157,7 +157,7 @@ def test_calibration_round_trip_train_to_evaluate(tiny_model_dir, data_dir, tmp_
     assert {"no prompt", "manual prompt", "4-shot", "no prompt (batch)"} <= {b["name"] for b in summary["baselines"]}
 
     # evaluate.py --run scores the run's prompts with the vectors saved in prompts.json
-    proc = run("evaluate.py", ["--run", str(run_dir), "--top-k", "1", "--splits", "dev"], tmp_path)
+    proc = run("evaluate.py", ["--run", str(run_dir), "--num-prompts", "1", "--splits", "dev"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     first = next(r for r in res["results"] if r["source"] == "run #1")
@@ -166,7 +166,7 @@ def test_calibration_round_trip_train_to_evaluate(tiny_model_dir, data_dir, tmp_
     # a vector edited in prompts.json is the one used: +1000 nats on class 1 makes every answer class 0
     rows[0]["calibration"]["vector"] = [0.0, 1000.0]
     (run_dir / "prompts.json").write_text(json.dumps(rows))
-    proc = run("evaluate.py", ["--run", str(run_dir), "--top-k", "1", "--splits", "dev"], tmp_path)
+    proc = run("evaluate.py", ["--run", str(run_dir), "--num-prompts", "1", "--splits", "dev"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     first = next(r for r in res["results"] if r["source"] == "run #1")
