@@ -9,6 +9,7 @@
     python evaluate.py --train my.csv --test my_test.csv --labels bad,good --verbalizers " bad"," good" \\
         --template "Review: {sentence} {prompt} Verdict:" --prompt "..."   # a task of your own
     python evaluate.py --task sst2 --compare manual,rl,ape,evo,deletion --budget 4096   # methods side by side
+    python evaluate.py --task sst2 --prompt "..." --calibration batch   # calibrated scoring (docs/calibration.md)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
+from rlprompt.baselines import strongest
 from rlprompt.runs import read_prompts_json, read_run, read_text
 from rlprompt.tasks import spec_from_flags
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="dev,test", help="comma-separated splits to score (default dev,test)")
     p.add_argument("--limit", type=int, help="score only the first N examples of each split, for quick checks "
                    "(the 16-shot files are sorted by label: a small N may hold one class only)")
+    p.add_argument("--calibration", metavar="MODE", help="none, batch or contextual: calibrated scoring "
+                   "(vectors from the task's unlabeled train inputs); with --run, default the run's own, "
+                   "with the vectors saved in its prompts.json (default none)")
     p.add_argument("--out", help="results JSON (default: results.json in --run, else ./eval_results.json)")
     p.add_argument("--allow-download", action="store_true", help="allow fetching models or datasets from the HF hub")
     add_arguments(p.add_argument_group("task (default: the run's task, else sst2)"), TaskArgs)
@@ -80,10 +85,9 @@ def read_prompts_file(path: str) -> list[str]:
     return prompts
 
 
-def collect_prompts(args, run_prompts: list[str], manual: str, sampled: list[str] = ()) -> list[tuple[str, str]]:
-    """(source, prompt) rows: the baselines first, then the given prompts; duplicates dropped."""
-    rows = [("no prompt", "")] + ([("manual prompt", manual)] if manual else [])
-    rows += [("prompt", p) for p in args.prompt]
+def collect_prompts(args, run_prompts: list[str], sampled: list[str] = ()) -> list[tuple[str, str]]:
+    """(source, prompt) rows of the given prompts (the baselines are scored apart); duplicates dropped."""
+    rows = [("prompt", p) for p in args.prompt]
     for f in args.prompts_file:
         rows += [(f"file {f}", p) for p in read_prompts_file(f)]
     rows += [(f"run #{i + 1}", p) for i, p in enumerate(run_prompts)]
@@ -101,10 +105,13 @@ def print_table(rows: list[dict], splits: list[str], sizes: dict[str, int]) -> N
     head = "".join(f"{f'{s} acc (n={sizes[s]})':>20}" for s in splits)
     print(f"{'prompt':<{width}}{head}")
     for r in rows:
-        label = f"[{r['source']}] {r['prompt']}" if r["source"] in ("no prompt", "manual prompt") \
-            else json.dumps(r["prompt"], ensure_ascii=False)
+        label = f"[{r['source']}] {r['prompt']}" if r.get("baseline") else json.dumps(r["prompt"], ensure_ascii=False)
         label = label if len(label) <= width - 2 else label[:width - 3] + "…"
         print(f"{label:<{width}}" + "".join(f"{100 * r[f'{s}_acc']:>19.1f}%" for s in splits))
+    top = strongest([{**r, "name": r["source"]} for r in rows if r.get("baseline")])
+    if top:
+        print(f"strongest baseline (by {top['chosen_by']}): {top['name']}; best on dev: "
+              f"{(top['best_on_dev'] or {}).get('name', '-')}")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -189,6 +196,9 @@ def run(argv=None) -> int:
         if getattr(args, flag) is None:  # explicit flag, else the run's setting, else the default
             setattr(args, flag, run_config.get(key, MODEL_DEFAULTS[flag]))
     args.seed = args.seed if args.seed is not None else run_config.get("seed", 13)
+    from rlprompt.calibration import check_mode
+
+    mode = check_mode(args.calibration or (run_config.get("calibration") or "none" if args.run else "none"))
 
     spec = run_task_spec(args, args.run, run_config)
     if args.save_task:
@@ -219,8 +229,14 @@ def run(argv=None) -> int:
         sampled = sample_prompts(policy, args.sample, seed=args.seed)
         del policy
         print(f"sampled {len(sampled)} distinct prompts from the policy of {args.run}")
-    prompts = collect_prompts(args, run_prompts, task.manual_prompt, sampled)
+    prompts = collect_prompts(args, run_prompts, sampled)
     data = {s: task.split(s)[:args.limit] for s in splits}
+    vectors = {}
+    if run_prompts and mode != "none":  # the run's prompts are scored with the vectors they were found with
+        from rlprompt.calibration import saved_vectors
+
+        vectors = saved_vectors(read_prompts_json(Path(args.run))[:args.num_prompts], mode, len(task.verbalizers),
+                                str(Path(args.run) / "prompts.json"))
 
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)
     scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
@@ -229,12 +245,24 @@ def run(argv=None) -> int:
     print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {args.dtype} on {device} | "
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 
+    from rlprompt.baselines import Baselines
+    from rlprompt.calibration import calibrated
+
     texts = [p for _, p in prompts]
-    scorer.check_fits(texts, [e.text for s in splits for e in data[s]])
-    rows = [{"source": source, "prompt": p} for source, p in prompts]
+    scorer.check_fits(texts + [""], [e.text for s in splits for e in data[s]])
+    baselines = Baselines(scorer, task, args.seed, ["batch"] + (["contextual"] if mode == "contextual" else []), progress=True)
+    rows = [{"source": b.pop("name"), "baseline": True, **b,
+             **{f"{s}_n": len(data[s]) for s in splits}}
+            for b in baselines.rows(data)]
+    scoring = calibrated(scorer, mode, [e.text for e in task.train], vectors)
+    prompt_rows = [{"source": source, "prompt": p, "calibration": {"mode": "none"}} for source, p in prompts]
     for s in splits:
-        for row, res in zip(rows, evaluate_prompts(scorer, texts, data[s], desc=s)):
+        for row, res in zip(prompt_rows, evaluate_prompts(scoring, texts, data[s], desc=s)):
             row[f"{s}_acc"], row[f"{s}_n"] = res["accuracy"], res["n"]
+    if mode != "none":
+        for row in prompt_rows:
+            row["calibration"] = scoring.calibration(row["prompt"])
+    rows += prompt_rows
     if sampled:  # the sampled prompts best first (by the first split scored), after the others
         ranked = sorted((r for r in rows if r["source"].startswith("sample")), key=lambda r: -r[f"{splits[0]}_acc"])
         rows = [r for r in rows if not r["source"].startswith("sample")] + ranked
@@ -246,7 +274,7 @@ def run(argv=None) -> int:
     write_json(out, {
         "task": task.name, "seed": args.seed, "data_dir": args.data_dir, "task_model": args.task_model,
         "dtype": args.dtype, "device": device, "template": task.template, "verbalizers": task.verbalizers,
-        "limit": args.limit, "splits": sizes, "run": args.run, "results": rows,
+        "limit": args.limit, "splits": sizes, "run": args.run, "calibration": mode, "results": rows,
     })
     print(f"results written to {out}")
     return 0

@@ -67,8 +67,12 @@ def parse_method_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget: int, seed: int = 13,
                    out_dir: Path | None = None, options: dict | None = None, policy_model: str = "smollm2-135m",
-                   device: str = "auto", progress: bool = True, meta: dict | None = None) -> list[MethodResult]:
-    """Run each method under `budget` pairs; write comparison.{json,md,png} to `out_dir` after each one."""
+                   device: str = "auto", progress: bool = True, meta: dict | None = None,
+                   calibration: str = "none") -> list[MethodResult]:
+    """Run each method under `budget` pairs; write comparison.{json,md,png} to `out_dir` after each one.
+    With a `calibration` mode every method scores calibrated log-probs (vectors from the unlabeled train
+    inputs; their own pairs are not charged to the budget)."""
+    from rlprompt.calibration import calibrated
     from rlprompt.scorer import build_scorer
     from rlprompt.checkpoint import seed_everything
 
@@ -78,7 +82,8 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
         opts = {**options.get("*", {}), **options.get(name, {}), "progress": progress}
         if out_dir is not None:
             opts["out_dir"] = str(Path(out_dir) / name)
-        scorer = build_scorer(task_model, task_tokenizer, task.template, task.verbalizers)
+        scorer = calibrated(build_scorer(task_model, task_tokenizer, task.template, task.verbalizers),
+                            calibration, [e.text for e in task.train])
         ctx = MethodContext(task=task, task_model=task_model, task_tokenizer=task_tokenizer, scorer=scorer,
                             pair_budget=budget, seed=seed, policy_model=policy_model, device=device, options=opts)
         seed_everything(seed)
@@ -149,7 +154,8 @@ def write_outputs(out_dir: Path, results: list[MethodResult], budget: int, meta:
         atomic_write_text(out_dir / "comparison.json", json.dumps(data, indent=2, default=str) + "\n")
         head = [f"Task {meta.get('task', '?')} (split seed {meta.get('seed', '?')}), task LM "
                 f"{meta.get('task_model', '?')} {meta.get('dtype', '')} on {meta.get('device', '?')}, "
-                f"budget {budget} (prompt, example) pairs per method.", ""]
+                f"budget {budget} (prompt, example) pairs per method, calibration "
+                f"{meta.get('calibration', 'none')}.", ""]
         if meta.get("command"):
             head += [f"Command: `{meta['command']}`", ""]
         atomic_write_text(out_dir / "comparison.md", "\n".join(head) + markdown_table(results) + "\n")
@@ -166,6 +172,9 @@ def compare_from_args(args, task, argv: list[str]) -> int:
                         "train.py run as the RL row with --method-option rl.run=DIR")
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1 pair, got {args.budget}")
+    from rlprompt.calibration import check_mode
+
+    calibration = check_mode(getattr(args, "calibration", None) or "none")
     names = resolve_methods([m.strip() for m in args.compare.split(",") if m.strip()])
     options = parse_method_options(args.method_option)
     if not task.train or not task.dev:
@@ -185,11 +194,11 @@ def compare_from_args(args, task, argv: list[str]) -> int:
             "device": device, "policy_model": args.policy_model, "template": task.template,
             "verbalizers": task.verbalizers, "examples": {"train": len(task.train), "dev": len(task.dev),
                                                           "test": len(task.test)},
-            "methods": names, "command": "python evaluate.py " + " ".join(shlex.quote(a) for a in argv)}
+            "methods": names, "calibration": calibration, "command": "python evaluate.py " + " ".join(shlex.quote(a) for a in argv)}
     print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {dtype} on {device} | "
           f"budget {args.budget} pairs per method | methods {', '.join(names)}")
     results = run_comparison(task, model, tokenizer, names, args.budget, args.seed, out_dir, options,
-                             args.policy_model, args.device, progress=True, meta=meta)
+                             args.policy_model, args.device, progress=True, meta=meta, calibration=calibration)
     print()
     print(markdown_table(results))
     print(f"comparison written to {out_dir}/comparison.{{json,md,png}}")

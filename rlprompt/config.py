@@ -76,6 +76,9 @@ class TrainConfig(TaskArgs):
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
     policy_start: str | None = _f(None, "text the policy starts writing after (default <|endoftext|>)")
+    calibration: str = _f("none", "calibrated scoring for the reward, dev selection and test: none, batch (subtract "
+                          "the prompt's mean verbalizer log-softmax over the unlabeled train inputs) or "
+                          "contextual (the same over content-free inputs such as 'N/A'); see docs/calibration.md")
     trainer: str = _f("reinforce", "reinforce (the built-in loop) or trl-grpo (trl's GRPOTrainer on the same "
                       "policy, reward and masks)")
     device: str = _f("auto", "cpu, cuda, cuda:1 … (auto: CUDA when available)")
@@ -102,6 +105,9 @@ class TrainConfig(TaskArgs):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.eval_every < 1 or self.checkpoint_every < 1:
             raise UserError("--eval-every and --checkpoint-every must be at least 1")
+        from rlprompt.calibration import check_mode
+
+        check_mode(self.calibration)
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown --trainer {self.trainer!r}; use {' or '.join(TRAINERS)}")
 

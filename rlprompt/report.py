@@ -104,7 +104,9 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
     """Write curves.png and report.md into the run folder; returns the report's path."""
     run_dir = Path(run_dir)
     cfg = summary.get("config", {})
-    baselines = {b["name"]: b["dev_acc"] for b in summary.get("baselines", []) if b.get("dev_acc") is not None}
+    mode = summary.get("calibration", "none")  # reference lines scored the way the run's dev curve is
+    baselines = {b["name"]: b["dev_acc"] for b in summary.get("baselines", [])
+                 if b.get("dev_acc") is not None and b.get("calibration", "none") == mode}
     plot_run_curves(history, run_dir / CURVES_PNG, baselines,
                 title=f"{summary.get('task')} — seed {summary.get('seed')}")
     n = summary.get("examples", {})
@@ -115,7 +117,7 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
         f"{n.get('dev', '?')} dev, {n.get('test', '?')} test examples)",
         f"- policy LM: `{cfg.get('policy_model')}`; task LM: `{cfg.get('task_model')}` "
         f"({summary.get('task_dtype', cfg.get('task_dtype'))})",
-        f"- template: `{template}`",
+        f"- template: `{template}`; calibration: {summary.get('calibration', 'none')}",
         f"- budget: {cfg.get('steps')} steps × {cfg.get('prompts_per_step')} prompts of "
         f"{cfg.get('prompt_length')} tokens; ran {summary.get('steps')} steps ({summary.get('stop_reason')}); "
         f"{summary.get('pairs_scored', '?')} (prompt, example) pairs run through the task LM (train, dev and test)",
@@ -131,6 +133,11 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
               "|---|---|---|---|"]
     for b in summary.get("baselines", []):
         lines.append(f"| {b['name']} | `{b['prompt']}` | {pct(b.get('dev_acc'))} | {pct(b.get('test_acc'))} |")
+    top = summary.get("strongest_baseline")
+    if top:
+        on_dev = top.get("best_on_dev") or {}
+        lines += ["", f"Strongest baseline (best {top['chosen_by']} accuracy): **{top['name']}**; "
+                      f"best on dev: {on_dev.get('name', '-')}."]
     lines += ["", "## Curves", "", f"![training curves]({CURVES_PNG})", ""]
     atomic_write_text(run_dir / REPORT_MD, "\n".join(lines))
     return run_dir / REPORT_MD

@@ -21,7 +21,7 @@ from rlprompt.errors import UserError
 RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
                 "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
                 "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
-                "policy_start", "init_prompt", "trainer")
+                "policy_start", "init_prompt", "trainer", "calibration")
 TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
 
 
@@ -57,45 +57,56 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
     then score the best prompts (and the baselines) on test and write them again with test figures.
 
     Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
-    `--resume` runs this again. `book` is the trainer's Bookkeeper."""
+    `--resume` runs this again. `book` is the book's Bookkeeper."""
+    from rlprompt.baselines import Baselines
+    from rlprompt.calibration import raw
+    from rlprompt.distributed import is_main_process
+
     best = book.leaderboard.best(cfg.top_prompts)
-    baselines = {"no prompt": ""} | ({"manual prompt": task.manual_prompt} if task.manual_prompt else {})
-    dev = dict(zip(baselines.values(), book.dev_env.score_texts(list(baselines.values()))[1]))  # collective
-    summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, baselines, dev, {})
+    modes = ["batch"] + (["contextual"] if cfg.calibration == "contextual" else [])
+    baselines = Baselines(raw(scorer), task, cfg.seed, modes, progress=is_main_process())
+    rows = baselines.rows({"dev": task.dev})  # collective
+    summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)
     if cfg.skip_test or not task.test:
         return summary
-    from rlprompt.distributed import is_main_process
     from rlprompt.evaluation import evaluate_prompts
 
-    texts = list(dict.fromkeys([r.prompt for r in best[:3]] + list(baselines.values())))
+    texts = list(dict.fromkeys(r.prompt for r in best[:3]))
     with sigterm_as_interrupt():
-        rows = evaluate_prompts(scorer, texts, task.test, progress=is_main_process())  # collective
-    test = {row["prompt"]: row["accuracy"] for row in rows}
+        test = {row["prompt"]: row["accuracy"] for row in
+                evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective
+        rows = baselines.rows({"dev": task.dev, "test": task.test})
     for r in best[:3]:
         r.test_acc = test[r.prompt]
-    return write_run_outputs(cfg, book, task, scorer, run_dir, best, baselines, dev, test)
+    return write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)
 
 
-def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: dict,
-                      dev: dict, test: dict) -> dict:
+def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: list[dict]) -> dict:
     """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
-    only); returns the summary. `test` maps prompt to test accuracy, empty before test scoring."""
+    only); returns the summary. `baselines` are `Baselines.rows` (test_acc None before test scoring).
+    Each prompts.json row holds the prompt's calibration (mode and vector) when the run calibrates."""
+    from rlprompt.baselines import strongest
     from rlprompt.distributed import is_main_process
     from rlprompt.models import dtype_name
     from rlprompt.report import write_run_report
 
     rows = [dataclasses.asdict(r) for r in best]
+    if hasattr(scorer, "calibration"):  # a CalibratedScorer: every process estimates the same vectors
+        for row in rows:
+            row["calibration"] = scorer.calibration(row["prompt"])
+    baselines = [{"test_acc": None, **b} for b in baselines]
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "label_names": task.label_names,
         "seed": cfg.seed, "steps": book.step, "stop_reason": book.stop_reason,
         "wall_s": round(book.train_s, 1), "skipped_steps": book.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
+        "calibration": cfg.calibration,
         "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "pairs_scored": scorer.pairs_scored,
         "best_prompt": rows[0] if rows else None,
-        "baselines": [{"name": n, "prompt": p, "dev_acc": float(dev[p]), "test_acc": test.get(p)}
-                      for n, p in baselines.items()],
+        "baselines": baselines,
+        "strongest_baseline": strongest(baselines),
         "config": dataclasses.asdict(cfg),
     }
     if is_main_process():
@@ -118,6 +129,11 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
     for b in summary["baselines"]:
         label = f"[{b['name']}] {b['prompt']}"[:50]
         print(f"{label:<50} {pct(b['dev_acc']):>7} {pct(b['test_acc']):>7}")
+    top = summary.get("strongest_baseline")
+    if top:
+        on_dev = top["best_on_dev"]
+        print(f"strongest baseline (by {top['chosen_by']}): {top['name']}; best on dev: "
+              f"{on_dev['name'] if on_dev else '-'}")
     print(f"run saved in {run_dir}: report.md, curves.png, prompts.json, summary.json, checkpoint.pt, "
           "TensorBoard logs")
 

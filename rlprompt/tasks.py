@@ -48,6 +48,7 @@ class Task:
     dev: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
     manual_prompt: str = ""
+    manual_prompts: list[str] = field(default_factory=list)  # more hand-written prompts (the baseline picks on dev)
     notes: list[str] = field(default_factory=list)  # what was inferred or split off, for the CLI to say
 
     def __post_init__(self):
@@ -185,6 +186,7 @@ class TaskSpec:
     text_column: str | None = None  # default: sentence, text, review, ... whichever exists
     label_column: str | None = None  # default: label, class, stars, ... whichever exists
     manual_prompt: str = ""
+    manual_prompts: list[str] | None = None  # more hand-written prompts; the baseline is the best on dev
     seeds: list[int] | None = None  # the splits that exist, for paths with {seed}
     dev_fraction: float = 0.2
 
@@ -216,6 +218,10 @@ class TaskSpec:
         for required in ("name", "train"):
             if not data.get(required):
                 raise UserError(f"task file {path}: missing required field {required!r}")
+        if data.get("manual_prompts") is not None:
+            if not isinstance(data["manual_prompts"], list):
+                raise UserError(f"task file {path}: manual_prompts must be a list of prompts")
+            data["manual_prompts"] = [str(x) for x in data["manual_prompts"]]
         for key in ("labels", "verbalizers"):
             if data.get(key) is not None:
                 data[key] = parse_list(data[key]) if isinstance(data[key], str) else [str(x) for x in data[key]]
@@ -287,7 +293,7 @@ class TaskSpec:
             notes.append("no test file: test accuracy will not be reported")
         return Task(name=self.name, label_names=list(labels), verbalizers=list(verbalizers),
                     template=self.template, train=train, dev=dev, test=examples.get("test", []),
-                    manual_prompt=self.manual_prompt, notes=notes)
+                    manual_prompt=self.manual_prompt, manual_prompts=list(self.manual_prompts or []), notes=notes)
 
 
 def _relative_to(path: str, folder: Path) -> str:

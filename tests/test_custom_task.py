@@ -210,7 +210,9 @@ def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, 
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["task"] == "my_train" and summary["examples"] == {"train": 10, "dev": 2, "test": 4}
-    assert [b["name"] for b in summary["baselines"]] == ["no prompt", "manual prompt"]
+    assert [b["name"] for b in summary["baselines"]] == ["no prompt", "manual prompt", "4-shot", "no prompt (batch)",
+                                                         "manual prompt (batch)", "4-shot (batch)"]
+    assert summary["strongest_baseline"]["test_acc"] == max(b["test_acc"] for b in summary["baselines"])
     assert summary["best_prompt"]["test_acc"] is not None
     assert "| 1 | `" in (run_dir / "report.md").read_text()
 
@@ -219,7 +221,7 @@ def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     sources = [r["source"] for r in res["results"]]
-    assert sources[:2] == ["no prompt", "manual prompt"] and "run #1" in sources
+    assert sources[:3] == ["no prompt", "manual prompt", "4-shot"] and "run #1" in sources
     sampled = [r for r in res["results"] if r["source"].startswith("sample")]
     assert 1 <= len(sampled) <= 6
     assert [r["dev_acc"] for r in sampled] == sorted((r["dev_acc"] for r in sampled), reverse=True)

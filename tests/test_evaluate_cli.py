@@ -31,8 +31,11 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
     assert data["verbalizers"] == [" negative", " positive"]
     rows = {r["source"]: r for r in data["results"]}
     assert rows["no prompt"]["prompt"] == ""
-    assert rows["manual prompt"]["prompt"] == "Overall, what did the reviewer think of the movie?"
-    assert [r["prompt"] for r in data["results"][2:]] == [
+    from rlprompt.tasks import find_spec
+
+    assert rows["manual prompt"]["prompt"] in find_spec("sst2").manual_prompts  # the best of them on dev
+    assert len(rows["4-shot"]["demos"]) == 4 and rows["no prompt (batch)"]["calibration"] == "batch"
+    assert [r["prompt"] for r in data["results"] if not r.get("baseline")] == [
         "Great review", "Absolutely fantastic movie", "The critic's verdict:"]
     for r in data["results"]:
         assert r["dev_n"] == r["test_n"] == 20
@@ -40,6 +43,7 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
         assert round(r["dev_acc"] * 20) == pytest.approx(r["dev_acc"] * 20)  # a share of 20
     table = capsys.readouterr().out
     assert "[no prompt]" in table and "[manual prompt]" in table and "dev acc (n=20)" in table
+    assert "strongest baseline (by test)" in table
 
 
 @pytest.mark.slow
@@ -56,8 +60,9 @@ def test_evaluate_run_folder(tmp_path, data_dir):
     assert rc == 0
     data = json.loads((run / "results.json").read_text())  # default output: inside the run folder
     assert (data["task"], data["seed"], data["dtype"]) == ("mr", 21, "fp32")
-    assert [r["source"] for r in data["results"]] == ["no prompt", "manual prompt", "run #1", "run #2"]
-    assert [r["prompt"] for r in data["results"][2:]] == ["Best one", "Second"]
+    assert [r["source"] for r in data["results"]] == ["no prompt", "manual prompt", "4-shot", "no prompt (batch)",
+                                                      "manual prompt (batch)", "4-shot (batch)", "run #1", "run #2"]
+    assert [r["prompt"] for r in data["results"][6:]] == ["Best one", "Second"]
     assert all("test_acc" not in r for r in data["results"])
 
 
