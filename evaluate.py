@@ -172,6 +172,9 @@ def run(argv=None) -> int:
     """The command: score prompts (given, from a run, or sampled from its policy) on the task's splits;
     or, with --plot, draw a run's curves; or, with --compare, run the method comparison."""
     args = build_parser().parse_args(argv)
+    from rlprompt.config import NUMBER_RULES, check_numbers
+
+    check_numbers(args, {k: NUMBER_RULES[k] for k in ("seed", "dev_fraction")} | {"budget": (1, None, "at least 1")})
     if args.num_prompts < 1:
         raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
     if args.limit is not None and args.limit < 1:

@@ -42,35 +42,65 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
                             f"{explicit[name]!r}: the run was made with {saved.get(name)!r}")
     merged = {**saved, **{k: v for k, v in explicit.items() if k not in RUN_IDENTITY}}
     merged["resume"] = args["resume"]
+    merged["overwrite"] = explicit.get("overwrite", False)  # the run may have started with --overwrite
     merged["out"] = args["resume"]
     return TrainConfig(**merged), state
 
 
+def data_line(cfg: TrainConfig, task) -> str:
+    """What was read and what one step uses, said before the models load."""
+    n = len(task.train)
+    use = f"all {n:,} train examples" if n <= cfg.train_batch or cfg.trainer != "reinforce" else \
+        f"a random mini-batch of {cfg.train_batch} of the {n:,} train examples (--train-batch)"
+    return (f"data: {n:,} train, {len(task.dev):,} dev, {len(task.test):,} test examples; each step scores "
+            f"{cfg.prompts_per_step} prompts on {use}")
+
+
 def main(argv=None) -> int:
-    from rlprompt.distributed import end_processes, is_main_process, process_state
+    from rlprompt.distributed import is_main_process, process_state
 
     cfg, state = parse_args(argv)
     quiet_transformers()
     process_state(cfg.device)  # under `accelerate launch`: join the other processes
     spec, task = load_run_task(cfg, Path(cfg.resume) if cfg.resume else None)
     spec, task, task_lm = search_template(cfg, spec, task)
-    main_process = is_main_process()  # under `accelerate launch`, only rank 0 logs, prints and writes
-    for note in task.notes if main_process else []:
+    for note in task.notes if is_main_process() else []:  # under `accelerate launch`, only rank 0 prints
         print(f"note: {note}")
-    run_dir = make_run_dir(cfg, task.name)
+    folder = make_run_dir(cfg, task.name)  # locked until this process is done with it
+    try:
+        return train_in(folder, cfg, state, spec, task, task_lm)
+    finally:
+        folder.release()
+
+
+def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=None) -> int:
+    """Build, train and finalize the run in `folder` (a locked RunFolder); the exit code. `task_lm`: the
+    task LM's (model, tokenizer) when the template search already loaded it."""
+    from rlprompt.distributed import end_processes, is_main_process
+
+    run_dir = folder.path
+    main_process = is_main_process()  # under `accelerate launch`, only rank 0 logs, prints and writes
+    if main_process:
+        print(data_line(cfg, task))
     if cfg.save_task and main_process:
         cfg.task_spec().with_overrides(template=task.template, verbalizers=task.verbalizers).to_file(cfg.save_task)
         print(f"task saved to {cfg.save_task} (reuse it with --task-file {cfg.save_task})")
     seed_everything(cfg.seed)
-    scorer, policy, train_env, dev_env = build(cfg, task, task_lm)
+    try:
+        scorer, policy, train_env, dev_env = build(cfg, task, task_lm)
+    except BaseException:
+        folder.discard_if_new()
+        raise
     if main_process:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
         spec.to_file(run_dir / TASK_FILE)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir)) if main_process else None
-    if writer is not None:
+    # On a resume, TensorBoard drops what the killed process logged after its checkpoint.
+    purge = state["step"] + 1 if state is not None else None
+    writer = SummaryWriter(str(run_dir), purge_step=purge) if main_process else None
+    if writer is not None and state is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
             f"|{k}|{v}|" for k, v in dataclasses.asdict(cfg).items()))
     trainer = trainer_class(cfg)(cfg, policy, train_env, dev_env, run_dir, writer)

@@ -20,6 +20,8 @@ from gymnasium.vector.utils import batch_space
 from rlprompt.rewards import classification_reward
 from rlprompt.tasks import Example
 
+PROGRESS_PAIRS = 50_000  # (prompt, example) pairs above which score_texts shows a progress bar
+
 
 class PromptRewards:
     """Rewards of finished prompts on a fixed set of examples, through one scorer call.
@@ -32,13 +34,17 @@ class PromptRewards:
     def __init__(self, scorer, examples: list[Example], decode: Callable[[list[int]], str],
                  vocab_size: int, prompt_length: int = 5, reward_fn: Callable = classification_reward):
         self.scorer = scorer
-        self.examples = list(examples)
-        self.sentences = [e.text for e in self.examples]
-        self.labels = torch.tensor([e.label for e in self.examples])
+        self.set_examples(examples)
         self.decode = decode
         self.vocab_size = vocab_size
         self.prompt_length = prompt_length
         self.reward_fn = reward_fn
+
+    def set_examples(self, examples: list[Example]) -> None:
+        """Score finished prompts on these examples from now on (the trainer's per-step mini-batch)."""
+        self.examples = list(examples)
+        self.sentences = [e.text for e in self.examples]
+        self.labels = torch.tensor([e.label for e in self.examples])
 
     def score_tokens(self, token_rows) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Finished prompts (token id rows) -> (raw rewards, accuracies, prompt texts)."""
@@ -48,7 +54,12 @@ class PromptRewards:
 
     def score_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompt texts -> (raw rewards, accuracies) on these examples."""
-        logprobs = self.scorer.score(texts, self.sentences)
+        if len(texts) * len(self.examples) > PROGRESS_PAIRS:  # a long call (a large dev set): show progress
+            from rlprompt.evaluation import score_examples
+
+            logprobs = score_examples(self.scorer, texts, self.examples, desc="scoring")
+        else:
+            logprobs = self.scorer.score(texts, self.sentences)
         reward, accuracy = self.reward_fn(logprobs, self.labels)
         return reward.numpy(), accuracy.numpy()
 

@@ -105,6 +105,7 @@ class Bookkeeper:
         self.checkpointed = {"adaptor": policy.adaptor, "optimizer": optimizer}
         self._clock: float | None = None
         self._signal: int | None = None
+        self._saved_at = time.monotonic()  # when the last checkpoint was written (or training began)
 
     @property
     def interrupted(self) -> bool:
@@ -168,8 +169,14 @@ class Bookkeeper:
                         acc=f"{metrics.get('charts/train_acc', nan):.2f}",
                         dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-",
                         H=f"{metrics.get('losses/entropy', nan):.2f}")
-        if self.step % cfg.checkpoint_every == 0 and not self.interrupted:
+        if not self.interrupted and self.checkpoint_due():
             self.save()
+
+    def checkpoint_due(self) -> bool:
+        """After step 1, then every --checkpoint-every steps or --checkpoint-every-s seconds, whichever
+        comes first: a hard kill (SIGKILL, OOM, power loss) loses at most that much training."""
+        return (self.step == 1 or self.step % self.cfg.checkpoint_every == 0
+                or time.monotonic() - self._saved_at >= self.cfg.checkpoint_every_s)
 
     def log(self, metrics: dict) -> None:
         """Append the step's metrics to the history; scalars (and the best prompts) to TensorBoard."""
@@ -206,13 +213,15 @@ class Bookkeeper:
             "stop_reason": self.stop_reason,
             "train_s": self.train_s,
             "scorer": scorer.state_dict() if hasattr(scorer, "state_dict") else {},
+            "pairs_scored": getattr(scorer, "pairs_scored", 0),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved (checkpoints from before "scorer" keep their "score_cache")."""
         self.step = state["step"]
         for name, part in self.checkpointed.items():
-            part.load_state_dict(state[name])
+            if name in state:  # checkpoints from before a part existed (e.g. train_batches) start it fresh
+                part.load_state_dict(state[name])
         set_rng_state(state["rng"], self.generator)
         self.leaderboard.load_state_dict(state["leaderboard"])
         self.best_dev = state["best_dev"]
@@ -226,6 +235,8 @@ class Bookkeeper:
         scorer = self.train_env.scorer
         if hasattr(scorer, "load_state_dict"):
             scorer.load_state_dict(state.get("scorer", {"score_cache": state.get("score_cache", {})}))
+        if hasattr(scorer, "pairs_scored"):  # summed over resumes, as train_s is
+            scorer.pairs_scored += state.get("pairs_scored", 0)
 
     def _bank_time(self) -> None:
         if self._clock is not None:
@@ -240,6 +251,7 @@ class Bookkeeper:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 path = save_checkpoint(self.run_dir, self.state_dict())
+                self._saved_at = time.monotonic()
             except OSError as e:
                 raise UserError(f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}") from None
         if _distributed():

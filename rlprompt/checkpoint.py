@@ -67,6 +67,11 @@ def load_checkpoint(run_dir: Path) -> dict:
     """Read run_dir/checkpoint.pt; a UserError names a missing or unreadable file."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
+        if (path.parent / "config.json").is_file():
+            raise UserError(f"no checkpoint in {path.parent}: the run there stopped before its first checkpoint "
+                            "(written after step 1, then every --checkpoint-every steps or --checkpoint-every-s "
+                            f"seconds), so its training is lost; start it again with --out {path.parent} "
+                            "--overwrite")
         raise UserError(f"no checkpoint in {path.parent}: {path.name} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

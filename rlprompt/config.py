@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from rlprompt.errors import UserError
@@ -83,8 +84,16 @@ class TrainConfig(TaskArgs):
                       "policy, reward and masks)")
     device: str = _f("auto", "cpu, cuda, cuda:1 … (auto: CUDA when available)")
     out: str | None = _f(None, "run folder (default runs/<task>__<seed>__<time>)")
-    checkpoint_every: int = _f(20, "write the checkpoint every N steps")
+    checkpoint_every: int = _f(20, "write the checkpoint after step 1, then every N steps (or sooner, see "
+                               "--checkpoint-every-s)")
+    checkpoint_every_s: float = _f(60.0, "also write the checkpoint when this many seconds passed since the "
+                                   "last one, so a hard kill loses at most about this much training")
+    train_batch: int = _f(32, "train examples that score each step's prompts: all of them in file order when the "
+                          "train split has at most N, else a fresh seeded random mini-batch of N each step (--trainer "
+                          "reinforce; trl-grpo scores all)")
     resume: str | None = _f(None, "run folder to resume from its checkpoint")
+    overwrite: bool = _f(False, "let --out name a folder that holds another run: it is moved aside to "
+                         "<out>.old-<time> first (never mixed)")
     allow_download: bool = _f(False, "allow fetching models from the Hugging Face hub")
     skip_test: bool = _f(False, "do not score the final prompts on the test set")
     auto_template: bool = _f(False, "pick the template by search (no prompt, train+dev accuracy) among the "
@@ -95,21 +104,51 @@ class TrainConfig(TaskArgs):
                                 "data of your own without --verbalizers")
 
     def __post_init__(self):
-        if self.prompt_length < 1:
-            raise UserError(f"--prompt-length must be at least 1, got {self.prompt_length}")
-        if self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.prompts_per_step < 2:
-            raise UserError("--prompts-per-step must be at least 2 (rewards are normalized across them)")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.eval_every < 1 or self.checkpoint_every < 1:
-            raise UserError("--eval-every and --checkpoint-every must be at least 1")
+        check_numbers(self, NUMBER_RULES)
         from rlprompt.calibration import check_mode
 
         check_mode(self.calibration)
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown --trainer {self.trainer!r}; use {' or '.join(TRAINERS)}")
+        if self.resume and self.overwrite:
+            raise UserError("--overwrite starts a new run in the folder and --resume continues the run there; "
+                            "give one of them")
+
+
+# flag -> (lowest, highest, what to say): ints and floats must be finite and inside [lowest, highest]
+NUMBER_RULES = {
+    "seed": (0, 2**32 - 1, "a whole number from 0 to 2**32-1"),
+    "dev_fraction": (1e-9, 1 - 1e-9, "between 0 and 1 (exclusive)"),
+    "prompt_length": (1, None, "at least 1"),
+    "steps": (1, None, "at least 1"),
+    "prompts_per_step": (2, None, "at least 2 (rewards are normalized across them)"),
+    "lr": (1e-300, None, "positive"),
+    "top_k": (1, None, "at least 1"),
+    "entropy_coef": (0, None, "zero or more"),
+    "kl_coef": (0, None, "zero or more"),
+    "reward_scale": (1e-300, None, "positive"),
+    "max_grad_norm": (1e-300, None, "positive"),
+    "adaptor_hidden": (1, None, "at least 1"),
+    "eval_every": (1, None, "at least 1"),
+    "patience": (0, None, "zero (never stop early) or more"),
+    "top_prompts": (1, None, "at least 1"),
+    "init_steps": (0, None, "zero or more"),
+    "checkpoint_every": (1, None, "at least 1"),
+    "checkpoint_every_s": (1e-300, None, "a positive number of seconds"),
+    "train_batch": (1, None, "at least 1"),
+}
+
+
+def check_numbers(values, rules: dict) -> None:
+    """A UserError naming the flag of the first number in `values` (attributes) that is NaN, infinite or
+    outside its rule's range; None values are skipped (not given)."""
+    for name, (low, high, what) in rules.items():
+        value = getattr(values, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        bad = not math.isfinite(value) or value < low or (high is not None and value > high)
+        if bad:
+            raise UserError(f"--{name.replace('_', '-')} must be {what}, got {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -21,24 +22,113 @@ from rlprompt.errors import UserError
 RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
                 "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
                 "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
-                "policy_start", "init_prompt", "trainer", "calibration")
+                "policy_start", "init_prompt", "trainer", "calibration", "train_batch")
 TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
 
 
-def make_run_dir(cfg: TrainConfig, task_name: str) -> Path:
-    """The run folder (created); a UserError when it cannot be written."""
-    from rlprompt.distributed import same_on_all_processes
+LOCK_FILE = ".lock"  # held (fcntl.flock) by the one train.py process writing the folder
+
+
+class RunFolder:
+    """A run folder held by this process: an exclusive lock on its `.lock` file for the life of the
+    process, so a second train.py on the same folder is refused instead of mixing two runs' files."""
+
+    def __init__(self, path: Path, created: bool, lock_fd: int | None):
+        self.path, self.created, self._lock_fd = path, created, lock_fd
+
+    def discard_if_new(self) -> None:
+        """Undo taking a folder that holds nothing but the lock: a run that failed before training
+        (unknown model or device) leaves no lock file, nor an empty folder that it created."""
+        if self._lock_fd is None or {p.name for p in self.path.iterdir()} - {LOCK_FILE}:
+            return
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        self.release()
+        if self.created:
+            self.path.rmdir()
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        pid = lock_path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid else ""
+
+
+def _try_lock(lock_path: Path, create: bool) -> int | None:
+    """An fd holding an exclusive flock on lock_path; a UserError when another process holds it.
+    None when the file does not exist and `create` is false."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"run folder {lock_path.parent} is in use by another train.py process"
+                        f"{_holder(lock_path)}; wait for it to finish or choose another --out") from None
+    return fd
+
+
+def _contents(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+
+
+def make_run_dir(cfg: TrainConfig, task_name: str) -> RunFolder:
+    """The run folder, created and locked by this process (rank 0 under accelerate launch; the other
+    ranks only learn its path). A folder that holds files is only taken with --resume, or with
+    --overwrite, which moves the old folder aside to `<out>.old-<time>` first. A UserError when the
+    folder is in use, holds another run, or cannot be written."""
+    from rlprompt.distributed import is_main_process, same_on_all_processes
 
     default = f"runs/{task_name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(same_on_all_processes(cfg.out or default))  # rank 0's clock under accelerate launch
+    folder, problem = RunFolder(run_dir, False, None), None
+    if is_main_process():
+        try:
+            folder = _take(run_dir, cfg)
+        except UserError as e:
+            problem = str(e)
+    problem = same_on_all_processes(problem)  # every process stops, not rank 0 alone
+    if problem:
+        raise UserError(problem)
+    return folder
+
+
+def _take(run_dir: Path, cfg: TrainConfig) -> RunFolder:
     try:
+        if _contents(run_dir) and not cfg.resume:
+            held = _try_lock(run_dir / LOCK_FILE, create=False)  # refuse first if a live run holds it
+            if not cfg.overwrite:
+                if held is not None:
+                    os.close(held)
+                raise UserError(f"--out {run_dir} already holds a run ({', '.join(_contents(run_dir)[:4])}"
+                                f"{', ...' if len(_contents(run_dir)) > 4 else ''}); continue it with --resume "
+                                f"{run_dir}, or start a new one there with --overwrite (the old one is moved aside)")
+            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while aside.exists():
+                aside, n = aside.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+            run_dir.rename(aside)
+            if held is not None:
+                os.close(held)
+            print(f"note: --overwrite: the run that was in {run_dir} is now in {aside}")
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        lock_fd = _try_lock(run_dir / LOCK_FILE, create=True)
+        os.ftruncate(lock_fd, 0)
+        os.write(lock_fd, f"{os.getpid()}\n".encode())
     except OSError as e:
         raise UserError(f"cannot write to run folder {run_dir}: {e.strerror or e}") from None
-    return run_dir
+    for stale in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write; we hold the lock
+        stale.unlink(missing_ok=True)
+    return RunFolder(run_dir, created, lock_fd)
 
 
 def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
@@ -172,6 +262,9 @@ def read_run(run_dir: str, num_prompts: int, need_prompts: bool = True) -> tuple
 
 
 def read_prompts_json(root: Path) -> list[dict]:
+    if not (root / "prompts.json").exists() and (root / "checkpoint.pt").is_file():
+        raise UserError(f"run {root} has no prompts.json yet: it stopped before it finished. Finish it with "
+                        f"python train.py --resume {root}, or sample from its policy with --sample N")
     try:
         rows = json.loads(read_text(root / "prompts.json", "prompts.json of the run"))
     except json.JSONDecodeError as e:

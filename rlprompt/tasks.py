@@ -28,7 +28,7 @@ SEEDS = (13, 21, 42, 87, 100)
 NEW_TASK_TEMPLATE = "Input: {sentence} {prompt} Answer:"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     """One labelled input: `text` fills the template's {sentence} slot, `label` indexes label_names."""
 
@@ -108,9 +108,10 @@ def verbalizer_token_ids(tokenizer, verbalizers: list[str]) -> list[int]:
     return ids
 
 
-def parse_list(text: str | list | None) -> list[str] | None:
+def parse_list(text: str | list | None, strip: bool = False) -> list[str] | None:
     """'a,b' or '" terrible"," great"' -> ['a', 'b'] / [' terrible', ' great']: items split on commas,
-    surrounding quotes removed (spaces inside quotes kept), unquoted items stripped."""
+    surrounding quotes removed (spaces inside quotes kept). Unquoted items lose tabs and newlines, and
+    with `strip` (label names) spaces too; verbalizers keep a leading space, which is part of the token."""
     if text is None or isinstance(text, list):
         return text
     if not text.strip():
@@ -118,7 +119,8 @@ def parse_list(text: str | list | None) -> list[str] | None:
     items = []
     for w in text.split(","):
         s = w.strip()
-        items.append(s[1:-1] if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'" else w.strip("\t\n"))
+        quoted = len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'"
+        items.append(s[1:-1] if quoted else (s if strip else w.strip("\t\n")))
     return items
 
 
@@ -126,6 +128,16 @@ def parse_list(text: str | list | None) -> list[str] | None:
 
 def _is_int(s: str) -> bool:
     return bool(re.fullmatch(r"[+-]?\d+", s.strip()))
+
+
+def canonical_label(raw: str) -> str:
+    """One spelling per label: a whole number written as `1`, `1.0`, `+1` or `01` becomes `1` (pandas
+    writes integer labels as floats when a column has a gap); anything else is kept as it is."""
+    m = re.fullmatch(r"([+-]?)(\d+)(?:\.0*)?", raw.strip())
+    if not m:
+        return raw
+    value = int(m.group(2))
+    return str(-value if m.group(1) == "-" else value)
 
 
 def label_index(raw: str, label_names: list[str] | None, num_labels: int, where: str) -> int:
@@ -138,9 +150,11 @@ def label_index(raw: str, label_names: list[str] | None, num_labels: int, where:
         i = int(raw)
         if 0 <= i < num_labels:
             return i
-        raise UserError(f"{where}: label {i} is outside the label set 0..{num_labels - 1}")
+        known = f" (the indexes of the labels {label_names})" if label_names else ""
+        raise UserError(f"{where}: label {i} is outside the label set 0..{num_labels - 1}{known}")
     if label_names:
-        raise UserError(f"{where}: label {raw!r} is not one of the labels {label_names}")
+        raise UserError(f"{where}: label {raw!r} is not one of the labels {label_names} (one label set for "
+                        "train, dev and test: the train file's, unless --labels gives it)")
     raise UserError(f"{where}: label {raw!r} is not an integer")
 
 
@@ -224,7 +238,8 @@ class TaskSpec:
             data["manual_prompts"] = [str(x) for x in data["manual_prompts"]]
         for key in ("labels", "verbalizers"):
             if data.get(key) is not None:
-                data[key] = parse_list(data[key]) if isinstance(data[key], str) else [str(x) for x in data[key]]
+                data[key] = parse_list(data[key], strip=key == "labels") if isinstance(data[key], str) \
+                    else [str(x) for x in data[key]]
         for key in ("train", "dev", "test"):
             if data.get(key):
                 data[key] = _relative_to(str(data[key]), path.parent)
@@ -269,9 +284,12 @@ class TaskSpec:
         notes = []
         rows = {s: read_labelled(p, self.text_column, self.label_column, allow_download)
                 for s, p in (("train", spec.train), ("dev", spec.dev), ("test", spec.test)) if p}
-        labels = self.labels
+        for r in rows.values():  # one spelling per label in every file: 1.0 and 1 are the same label
+            spelling = {x: canonical_label(x) for x in set(r.labels)}
+            r.labels = [spelling[x] for x in r.labels]
+        labels = [canonical_label(x) for x in self.labels] if self.labels else None
         if not labels:
-            labels = infer_labels([raw for _, _, raw in rows["train"]])
+            labels = infer_labels(rows["train"].labels)
             notes.append(f"labels inferred from the train file: {labels}")
         if len(labels) != len(set(labels)):
             raise UserError(f"task {self.name!r}: labels must be distinct, got {labels}")
@@ -340,7 +358,7 @@ def spec_from_flags(task: str | None = None, task_file: str | None = None, train
     if task and task_file:
         raise UserError("give either --task or --task-file, not both")
     for key in ("labels", "verbalizers"):
-        overrides[key] = parse_list(overrides.get(key))
+        overrides[key] = parse_list(overrides.get(key), strip=key == "labels")
     base = task_file or task
     if base:
         return find_spec(base).with_overrides(train=train, **overrides)

@@ -12,6 +12,7 @@ from envs import step_through
 from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
+from rlprompt.minibatch import TrainBatches
 from rlprompt.rewards import normalize_rewards
 
 
@@ -36,6 +37,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(policy.adaptor.parameters(), lr=cfg.lr)
         self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
+        self.train_batches = TrainBatches(train_env.examples, cfg.train_batch, cfg.seed)
+        self.book.checkpointed["train_batches"] = self.train_batches
         self.init_tokens = policy.encode_prompt(cfg.init_prompt) if cfg.init_prompt else None
 
     def warm_start_bias(self) -> float:
@@ -51,6 +54,8 @@ class Trainer:
         batch = policy.sample(cfg.prompts_per_step, generator=self.generator,
                               bias_tokens=self.init_tokens, bias=self.warm_start_bias())
         t1 = time.perf_counter()
+        if self.train_batches.sampled:
+            self.train_env.set_examples(self.train_batches.next())
         rewards, infos = step_through(self.train_env, batch.tokens)
         accuracies, texts = infos["accuracy"], list(infos["prompt"])
         t2 = time.perf_counter()

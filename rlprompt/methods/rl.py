@@ -51,10 +51,11 @@ def train_config(ctx: MethodContext, budget: int, run_dir: str) -> TrainConfig:
                  if f.name in ctx.options and f.name not in FIXED}
     cfg = TrainConfig(task=ctx.task.name, seed=ctx.seed, policy_model=ctx.policy_model, device=ctx.device,
                       out=run_dir, skip_test=True, **overrides)
-    steps = option(ctx, "steps", 0) or budget // (cfg.prompts_per_step * len(ctx.task.train))
+    per_step = min(len(ctx.task.train), cfg.train_batch)  # train examples a step scores (--train-batch)
+    steps = option(ctx, "steps", 0) or budget // (cfg.prompts_per_step * per_step)
     if steps < 1:
         raise UserError(f"pair budget {budget} is less than one RL step "
-                        f"({cfg.prompts_per_step} prompts × {len(ctx.task.train)} train examples)")
+                        f"({cfg.prompts_per_step} prompts × {per_step} train examples)")
     return dataclasses.replace(cfg, steps=steps)
 
 

@@ -99,7 +99,8 @@ def run(ctx: MethodContext) -> MethodResult:
                             prompts_per_step=cfg.prompts_per_step, lr=cfg.lr, top_k=cfg.top_k,
                             kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef,
                             adaptor_hidden=cfg.adaptor_hidden, eval_every=cfg.eval_every, patience=0,
-                            checkpoint_every=10**9, init_prompt=cfg.init_prompt, device=ctx.device)
+                            checkpoint_every=10**9, checkpoint_every_s=1e9, init_prompt=cfg.init_prompt,
+                            device=ctx.device)
     with seeded(ctx.seed), tempfile.TemporaryDirectory(prefix="rl-compress-") as run_dir:
         policy_model, policy_tok = load_lm(ctx.policy_model, pick_device(ctx.device), "fp32")
         policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
