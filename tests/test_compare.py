@@ -111,3 +111,29 @@ def test_compare_errors_are_one_line(capsys, argv, words):
     err = _error_of(capsys, argv)
     for w in words:
         assert w in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--task", "sst2"], ["--methods"]),
+    (["--methods", "manual,nope"], ["unknown method 'nope'", "known:"]),
+    (["--methods", "manual", "--compare", "rl"], ["--methods, not --compare"]),
+    (["--methods", "manual", "--budget", "0"], ["--budget"]),
+])
+def test_compare_script_errors_are_one_line(capsys, argv, words):
+    import compare as compare_cli
+
+    rc = compare_cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err
+
+
+def test_compare_script_runs_the_comparison(tmp_path, monkeypatch):
+    """compare.py --methods M passes M and every other flag to evaluate.py's comparison."""
+    import compare as compare_cli
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "run", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert compare_cli.main(["--methods", "manual,ape", "--task", "mr", "--budget", "64"]) == 0
+    assert seen["argv"] == ["--compare", "manual,ape", "--task", "mr", "--budget", "64"]
