@@ -50,7 +50,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
 def data_line(cfg: TrainConfig, task) -> str:
     """What was read and what one step uses, said before the models load."""
     n = len(task.train)
-    use = f"all {n:,} train examples" if n <= cfg.train_batch or cfg.trainer != "reinforce" else \
+    use = f"all {n:,} train examples" if n <= cfg.train_batch or cfg.trainer == "trl-grpo" else \
         f"a random mini-batch of {cfg.train_batch} of the {n:,} train examples (--train-batch)"
     return (f"data: {n:,} train, {len(task.dev):,} dev, {len(task.test):,} test examples; each step scores "
             f"{cfg.prompts_per_step} prompts on {use}")

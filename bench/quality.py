@@ -3,6 +3,7 @@
     python bench/quality.py --label default                                  # train.py, default flags
     python bench/quality.py --label calib --tasks sst2 -- --steps 40 --calibration batch   # flags after --
     python bench/quality.py --label abl --tasks sst2 --eval-set full-dev -- --steps 40     # ablation: not test
+    python bench/quality.py --label abl-x --tasks sst2 --eval-set full-dev --baselines-from abl-default -- --lr 1e-4
     python bench/quality.py --label mine --command "python my.py --task {task} --seed {seed} --out {out}"
 
 Each (task, seed) is one run of the method (default `train.py --task T --seed S --out RUN` plus the
@@ -13,6 +14,10 @@ committed), and a finished (task, seed) is not run again. At the end it prints o
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, wall time, pairs scored), also written next to the
 results as quality.json and quality.md.
+
+`--baselines-from LABEL` runs train.py with `--no-baselines` and takes each (task, seed)'s baselines
+from that label's result, which must have the same eval set, template, verbalizers and calibration:
+ablations that change only the RL method then cost only its training and the RL prompts' scoring.
 
 `--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
 to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
@@ -55,6 +60,8 @@ def parse_args(argv):
                    help="results root; one folder per --label (default bench/results/quality)")
     p.add_argument("--runs-dir", default="runs/quality", help="where the run folders go (default runs/quality)")
     p.add_argument("--data-dir", help="few-shot data folder (passed on to the method)")
+    p.add_argument("--baselines-from", metavar="LABEL", help="take the baselines from this label's results "
+                   "for the same (task, seed) instead of scoring them again (train.py --no-baselines)")
     p.add_argument("--command", help="the method as a command line with {task}, {seed}, {out} (and {data_dir}, "
                    "{test}) filled in; it must write {out}/summary.json as train.py does (default: train.py)")
     args = p.parse_args(argv)
@@ -93,6 +100,7 @@ def method_command(args, task: str, seed: int, out: Path) -> list[str]:
     cmd = [sys.executable, str(REPO / "train.py"), "--task", task, "--seed", str(seed), "--out", str(out)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--test", test] if test else []
+    cmd += ["--no-baselines"] if args.baselines_from else []
     return cmd + args.passthrough
 
 
@@ -125,8 +133,35 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
     }
 
 
-def result_path(args, task: str, seed: int) -> Path:
-    return Path(args.results) / args.label / f"{task}__{seed}.json"
+def result_path(args, task: str, seed: int, label: str | None = None) -> Path:
+    return Path(args.results) / (label or args.label) / f"{task}__{seed}.json"
+
+
+def borrowed_baselines(args, task: str, seed: int) -> dict | None:
+    """The result of --baselines-from for (task, seed), or None without the flag (a UserError if missing)."""
+    if not args.baselines_from:
+        return None
+    path = result_path(args, task, seed, args.baselines_from)
+    if not path.is_file():
+        raise UserError(f"--baselines-from {args.baselines_from}: no result {path}; run that label first")
+    other = json.loads(path.read_text(encoding="utf-8"))
+    if other.get("eval_set") != args.eval_set:
+        raise UserError(f"--baselines-from {args.baselines_from}: {path} holds eval set {other.get('eval_set')}, "
+                        f"not {args.eval_set}")
+    return other
+
+
+def with_baselines(result: dict, other: dict) -> dict:
+    """`result` (a --no-baselines run) with `other`'s baselines, strongest baseline and the new margin;
+    the template, verbalizers and calibration must be the same."""
+    for key in ("template", "verbalizers", "calibration", "eval_n"):
+        if result.get(key) != other.get(key):
+            raise UserError(f"--baselines-from {other['label']}: its {key} {other.get(key)!r} differs from this "
+                            f"run's {result.get(key)!r}")
+    top, rl = other["strongest_baseline"], result["rl"]["test_acc"]
+    margin = rl - top["test_acc"] if rl is not None and top and top.get("test_acc") is not None else None
+    return {**result, "baselines": other["baselines"], "strongest_baseline": top, "margin": margin,
+            "baselines_from": other["label"]}
 
 
 def load_done(args, task: str, seed: int) -> dict | None:
@@ -162,6 +197,9 @@ def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
             "method_args": args.passthrough, "command_template": args.command, "command": cmd,
             "wall_s": round(wall, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result = result_from_summary(json.loads(summary_path.read_text(encoding="utf-8")), meta)
+    other = borrowed_baselines(args, task, seed)
+    if other is not None:
+        result = with_baselines(result, other)
     path = result_path(args, task, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -260,6 +298,7 @@ def main(argv=None) -> int:
             print(f"[{t} seed {s}] done before: {result_path(args, t, s)}", file=sys.stderr)
     for t, s in todo:
         method_command(args, t, s, Path("."))  # bad settings fail before anything runs
+        borrowed_baselines(args, t, s)
     devices = gpus()
     jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
     jobs = max(1, jobs)

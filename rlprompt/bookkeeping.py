@@ -38,10 +38,15 @@ class PromptRecord:
 
 
 class Leaderboard:
-    """The best distinct prompts seen: ranked by dev accuracy (when known), then train reward."""
+    """The best distinct prompts seen: ranked by dev accuracy (when known), then train reward.
 
-    def __init__(self):
+    With `train_weight` w > 0 the rank of a dev-scored prompt is (1 − w)·dev accuracy + w·train
+    accuracy instead (--selection train+dev: w is the train examples' share of train + dev).
+    """
+
+    def __init__(self, train_weight: float = 0.0):
         self.records: dict[str, PromptRecord] = {}
+        self.train_weight = train_weight
 
     def add(self, texts, rewards, accuracies, step: int) -> None:
         for text, r, a in zip(texts, rewards, accuracies):
@@ -52,8 +57,11 @@ class Leaderboard:
         return sorted(self.records.values(), key=lambda r: -r.train_reward)
 
     def best(self, k: int) -> list[PromptRecord]:
-        """Top k: dev-scored prompts first (by dev accuracy, then reward), then the rest by reward."""
-        key = lambda r: (r.dev_acc is not None, r.dev_acc or 0.0, r.train_reward)  # noqa: E731
+        """Top k: dev-scored prompts first (by dev accuracy, or the train+dev mix; then reward), then the
+        rest by reward."""
+        w = self.train_weight
+        key = lambda r: (r.dev_acc is not None, (1 - w) * (r.dev_acc or 0.0) + w * r.train_acc,  # noqa: E731
+                         r.train_reward)
         return sorted(self.records.values(), key=key, reverse=True)[:k]
 
     def state_dict(self) -> list[dict]:
@@ -93,7 +101,8 @@ class Bookkeeper:
         self.dev_env = dev_env
         self.run_dir = Path(run_dir)
         self.writer = writer
-        self.leaderboard = Leaderboard()
+        n_train, n_dev = min(len(train_env.examples), cfg.train_batch), len(dev_env.examples)
+        self.leaderboard = Leaderboard(n_train / (n_train + n_dev) if cfg.selection == "train+dev" else 0.0)
         self.step = 0
         self.best_dev = -1.0
         self.evals_without_improvement = 0

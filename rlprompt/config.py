@@ -16,7 +16,8 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
-TRAINERS = ("reinforce", "trl-grpo")
+TRAINERS = ("reinforce", "sql", "trl-grpo")
+SELECTIONS = ("dev", "train+dev")
 
 
 @dataclass
@@ -65,7 +66,16 @@ class TrainConfig(TaskArgs):
     prompts_per_step: int = _f(16, "prompts sampled and scored per step")
     lr: float = _f(3e-5, "Adam learning rate of the adaptor")
     top_k: int = _f(256, "top-k sampling while training")
-    entropy_coef: float = _f(0.01, "entropy bonus weight")
+    entropy_coef: float = _f(0.01, "entropy bonus weight (with --entropy-target: its starting value)")
+    entropy_target: float = _f(0.0, "hold the sampling entropy near this many nats per token with an adaptive "
+                               "entropy coefficient, as SAC tunes its temperature (0: the fixed --entropy-coef)")
+    entropy_coef_lr: float = _f(0.5, "--entropy-target: step of log(entropy coefficient) per nat of entropy "
+                                "below the target (the coefficient stays between --entropy-coef and 100)")
+    elite_coef: float = _f(0.0, "weight of the elite term: raise the log-likelihood of the --elite-size best "
+                           "prompts so far by train reward (cross-entropy method; 0: off)")
+    elite_size: int = _f(8, "prompts in the elite")
+    sql_target_rate: float = _f(0.01, "--trainer sql: Polyak rate of the target adaptor per step")
+    sql_replay: int = _f(1024, "--trainer sql: past prompts kept for replay (each step replays as many as it samples)")
     kl_coef: float = _f(0.2, "weight of KL(policy ‖ initial policy) per token: keeps exploration alive")
     reward_scale: float = _f(5.0, "the z-scored reward is multiplied by this before the update")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
@@ -73,6 +83,8 @@ class TrainConfig(TaskArgs):
     adaptor_hidden: int = _f(2048, "hidden width of the adaptor MLP")
     eval_every: int = _f(10, "evaluate the greedy prompt and the best sampled ones on dev every N steps")
     patience: int = _f(10, "stop after this many evaluations without a better dev accuracy (0: never)")
+    selection: str = _f("dev", "how the final prompt is chosen among the dev-scored ones: dev (dev accuracy) "
+                        "or train+dev (accuracy over train and dev examples together: less noise)")
     top_prompts: int = _f(5, "prompts kept in prompts.json; the best 3 are scored on test")
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
@@ -80,8 +92,9 @@ class TrainConfig(TaskArgs):
     calibration: str = _f("none", "calibrated scoring for the reward, dev selection and test: none, batch (subtract "
                           "the prompt's mean verbalizer log-softmax over the unlabeled train inputs) or "
                           "contextual (the same over content-free inputs such as 'N/A'); see docs/calibration.md")
-    trainer: str = _f("reinforce", "reinforce (the built-in loop) or trl-grpo (trl's GRPOTrainer on the same "
-                      "policy, reward and masks)")
+    trainer: str = _f("reinforce", "reinforce (the built-in policy-gradient loop), sql (RLPrompt's soft "
+                      "Q-learning in the same loop) or trl-grpo (trl's GRPOTrainer on the same policy, reward "
+                      "and masks)")
     device: str = _f("auto", "cpu, cuda, cuda:1 … (auto: CUDA when available)")
     out: str | None = _f(None, "run folder (default runs/<task>__<seed>__<time>)")
     checkpoint_every: int = _f(20, "write the checkpoint after step 1, then every N steps (or sooner, see "
@@ -95,6 +108,8 @@ class TrainConfig(TaskArgs):
     overwrite: bool = _f(False, "let --out name a folder that holds another run: it is moved aside to "
                          "<out>.old-<time> first (never mixed)")
     allow_download: bool = _f(False, "allow fetching models from the Hugging Face hub")
+    baselines: bool = _f(True, "score the baselines (no prompt, the best manual prompt on dev, 4-shot demos, each "
+                         "also batch-calibrated) on dev and test for the summary (--no-baselines skips them)")
     skip_test: bool = _f(False, "do not score the final prompts on the test set")
     auto_template: bool = _f(False, "pick the template by search (no prompt, train+dev accuracy) among the "
                              "written ones and the task's own; the default for data of your own without "
@@ -109,7 +124,9 @@ class TrainConfig(TaskArgs):
 
         check_mode(self.calibration)
         if self.trainer not in TRAINERS:
-            raise UserError(f"unknown --trainer {self.trainer!r}; use {' or '.join(TRAINERS)}")
+            raise UserError(f"unknown --trainer {self.trainer!r}; use {', '.join(TRAINERS)}")
+        if self.selection not in SELECTIONS:
+            raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
         if self.resume and self.overwrite:
             raise UserError("--overwrite starts a new run in the folder and --resume continues the run there; "
                             "give one of them")
@@ -125,6 +142,12 @@ NUMBER_RULES = {
     "lr": (1e-300, None, "positive"),
     "top_k": (1, None, "at least 1"),
     "entropy_coef": (0, None, "zero or more"),
+    "entropy_target": (0, None, "zero (off) or a positive number of nats per token"),
+    "entropy_coef_lr": (0, None, "zero or more"),
+    "elite_coef": (0, None, "zero or more"),
+    "elite_size": (1, None, "at least 1"),
+    "sql_target_rate": (1e-300, 1, "in (0, 1]"),
+    "sql_replay": (1, None, "at least 1"),
     "kl_coef": (0, None, "zero or more"),
     "reward_scale": (1e-300, None, "positive"),
     "max_grad_norm": (1e-300, None, "positive"),

@@ -201,6 +201,19 @@ class PromptPolicy:
         kl = (p * (logp - base_logp)).sum(-1)
         return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy, kl
 
+    def masked_logits(self, base_hidden: torch.Tensor, tokens: torch.Tensor, adaptor: nn.Module | None = None):
+        """The logits (N, T, V) that sampling drew `tokens` (N, T) from, with its masks (special and
+        newline tokens, and with `no_repeat` the tokens already in the prompt) at -inf. With
+        gradients to `adaptor` (default the policy's own; soft Q-learning passes its target copy).
+        Soft Q-learning reads these as Q-values: V(s) = logsumexp over the allowed tokens."""
+        adaptor = adaptor if adaptor is not None else self.adaptor
+        logits = lm_logits(self.model, adaptor(base_hidden.flatten(0, 1))).float().view(*tokens.shape, -1)
+        mask = self.banned.expand_as(logits).clone()
+        if self.no_repeat:
+            for t in range(1, tokens.shape[1]):
+                mask[:, t].scatter_(1, tokens[:, :t], True)
+        return logits.masked_fill(mask, float("-inf"))
+
     def encode_prompt(self, text: str) -> torch.Tensor:
         """A prompt text -> its policy tokens (for the warm start), truncated to prompt_length."""
         ids = self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids

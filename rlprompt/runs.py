@@ -154,8 +154,8 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
 
     best = book.leaderboard.best(cfg.top_prompts)
     modes = ["batch"] + (["contextual"] if cfg.calibration == "contextual" else [])
-    baselines = Baselines(raw(scorer), task, cfg.seed, modes, progress=is_main_process())
-    rows = baselines.rows({"dev": task.dev})  # collective
+    baselines = Baselines(raw(scorer), task, cfg.seed, modes, progress=is_main_process()) if cfg.baselines else None
+    rows = baselines.rows({"dev": task.dev}) if baselines else []  # collective
     summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)
     if cfg.skip_test or not task.test:
         return summary
@@ -165,7 +165,7 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
     with sigterm_as_interrupt():
         test = {row["prompt"]: row["accuracy"] for row in
                 evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective
-        rows = baselines.rows({"dev": task.dev, "test": task.test})
+        rows = baselines.rows({"dev": task.dev, "test": task.test}) if baselines else []
     for r in best[:3]:
         r.test_acc = test[r.prompt]
     return write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)

@@ -13,11 +13,12 @@ from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.minibatch import TrainBatches
-from rlprompt.rewards import normalize_rewards
+from rlprompt.objectives import make_objective
 
 
 class Trainer:
-    """REINFORCE with a per-step z-scored reward, entropy bonus and KL to the initial policy.
+    """The training loop: sample prompts, score them in the env, minimize the objective of --trainer
+    (`rlprompt.objectives`: REINFORCE with a z-scored reward, entropy and KL terms, or soft Q-learning).
 
     `train_env` is an `envs.PromptBatchEnv` of `cfg.prompts_per_step` prompts: each step the policy
     samples a batch of prompts (keeping the hidden states the update needs), the batch is played
@@ -39,6 +40,8 @@ class Trainer:
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
         self.train_batches = TrainBatches(train_env.examples, cfg.train_batch, cfg.seed)
         self.book.checkpointed["train_batches"] = self.train_batches
+        self.objective = make_objective(cfg, policy)
+        self.book.checkpointed["objective"] = self.objective
         self.init_tokens = policy.encode_prompt(cfg.init_prompt) if cfg.init_prompt else None
 
     def warm_start_bias(self) -> float:
@@ -62,10 +65,7 @@ class Trainer:
         self.book.add_prompts(texts, rewards, accuracies)
 
         rewards_t = torch.as_tensor(rewards, dtype=torch.float32, device=policy.device)
-        advantages = normalize_rewards(rewards_t, cfg.reward_scale)  # (N,)
-        log_probs, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens)  # (N, T)
-        policy_loss = -(advantages[:, None] * log_probs).sum(1).mean()
-        loss = policy_loss - cfg.entropy_coef * entropy.mean() + cfg.kl_coef * kl.sum(1).mean()
+        loss, loss_metrics = self.objective.loss(batch, rewards_t)
         skipped = not (torch.isfinite(loss) and torch.isfinite(rewards_t).all())
         grad_norm = float("nan")
         self.optimizer.zero_grad(set_to_none=True)
@@ -75,6 +75,7 @@ class Trainer:
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.adaptor.parameters(), cfg.max_grad_norm))
             self.optimizer.step()
+            self.objective.after_update()
         t3 = time.perf_counter()
         finite = rewards_t[torch.isfinite(rewards_t)]
         return {
@@ -87,9 +88,7 @@ class Trainer:
             "charts/repeated_token_rate": repeated_token_rate(batch.tokens),
             "charts/prompts_seen": len(self.book.leaderboard.records),
             "charts/skipped_steps": self.book.skipped_steps,
-            "losses/policy_loss": float(policy_loss.detach()),
-            "losses/entropy": float(entropy.detach().mean()),
-            "losses/kl_to_init": float(kl.detach().sum(1).mean()),
+            **loss_metrics,
             "losses/grad_norm": grad_norm,
             "time/sample_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2,
         }

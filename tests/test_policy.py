@@ -93,3 +93,16 @@ def test_prompt_length_zero_is_refused(smol_tokenizer):
 def test_prompt_longer_than_context_is_refused(smol_tokenizer):
     with pytest.raises(UserError, match="does not fit the policy model's context"):
         PromptPolicy(fresh_tiny_lm(smol_tokenizer), smol_tokenizer, prompt_length=1000)
+
+
+def test_masked_logits_are_what_sampling_drew_from(policy):
+    perturb(policy.adaptor)
+    batch = policy.sample(4, generator=torch.Generator().manual_seed(0))
+    logits = policy.masked_logits(batch.base_hidden, batch.tokens)
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(-1, batch.tokens[..., None]).squeeze(-1)
+    assert torch.isfinite(chosen).all()  # every sampled token was allowed
+    assert torch.isinf(logits[:, :, policy.banned]).all()
+    for t in range(1, batch.tokens.shape[1]):  # no_repeat: earlier tokens are masked
+        earlier = logits[:, t].gather(1, batch.tokens[:, :t])
+        assert torch.isinf(earlier).all()

@@ -82,6 +82,31 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert other.returncode == 2 and other.stderr.strip().startswith("error: ") and "--label" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
 
+    borrow = [a if a != "smoke" else "ablation" for a in common] + ["--baselines-from", "smoke"]
+    proc = bench(borrow + flags + ["--lr", "1e-4"], tmp_path)  # an ablation reuses smoke's baselines
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ablation = json.loads((tmp_path / "results" / "ablation" / "sst2__13.json").read_text())
+    assert "--no-baselines" in ablation["command"] and ablation["baselines_from"] == "smoke"
+    assert ablation["baselines"] == result["baselines"]
+    assert ablation["strongest_baseline"] == result["strongest_baseline"]
+    assert ablation["margin"] == pytest.approx(ablation["rl"]["test_acc"] - result["strongest_baseline"]["test_acc"])
+    summary = json.loads((tmp_path / "runs" / "ablation" / "sst2__13" / "summary.json").read_text())
+    assert summary["baselines"] == []  # train.py --no-baselines scored none
+
+    learning = subprocess.run([sys.executable, str(REPO / "bench" / "learning.py"), "--label", "smoke", "--runs-dir",
+                               str(tmp_path / "runs"), "--results", str(tmp_path / "learning"), "--early-steps", "1"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert learning.returncode == 0, learning.stderr[-2000:]
+    row = json.loads((tmp_path / "learning" / "smoke" / "sst2__13.json").read_text())
+    assert row["eval_n"] == 872 and row["early_prompts"] >= 1
+    assert row["chosen"]["eval_acc"] == result["rl"]["test_acc"]
+    assert row["learns"] == (row["final_greedy"]["eval_acc"] >= row["early_best"]["eval_acc"])
+    assert json.loads(learning.stdout)["runs"] == 1
+
+    missing = bench([a if a != "smoke" else "other" for a in common] + ["--baselines-from", "nothing"] + flags,
+                    tmp_path)
+    assert missing.returncode == 2 and "run that label first" in missing.stderr
+
 
 @pytest.mark.slow
 def test_quality_bench_bad_settings_fail_in_one_line(tmp_path):

@@ -91,10 +91,10 @@ def test_batched_env_scores_the_whole_batch_in_one_call_and_matches_the_single_e
 
 
 def toy_trainer(tokenizer, tmp_path, steps, seed=0, scorer=None, **overrides):
-    overrides.setdefault("prompts_per_step", 8)
-    cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, lr=3e-3,
-                      eval_every=5, patience=0, checkpoint_every=5, adaptor_hidden=64, seed=seed,
-                      kl_coef=0.0, entropy_coef=0.0, **overrides)
+    for name, value in {"prompts_per_step": 8, "kl_coef": 0.0, "entropy_coef": 0.0}.items():
+        overrides.setdefault(name, value)
+    cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, lr=3e-3, eval_every=5, patience=0,
+                      checkpoint_every=5, adaptor_hidden=64, seed=seed, **overrides)
     torch.manual_seed(seed)
     policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
                           cfg.adaptor_hidden)
@@ -155,3 +155,64 @@ def test_train_py_end_to_end_and_resume(tiny_model_dir, tmp_path, data_dir):
     bad = run_train(["--resume", str(tmp_path / "part"), "--task", "mr"], repo)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: cannot resume")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_soft_q_learning_raises_the_reward_on_the_toy_task(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=80, prompts_per_step=16, trainer="sql",
+                          sql_target_rate=0.05)
+    assert trainer.run(progress=False) == "step budget reached"
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 40, rewards
+    assert {"losses/sql_one_step", "losses/sql_multi_step"} <= set(trainer.book.history[-1])
+
+
+def test_soft_q_learning_resumes_exactly(smol_tokenizer, tmp_path):
+    settings = dict(trainer="sql", sql_replay=20)
+    full = toy_trainer(smol_tokenizer, tmp_path / "full", steps=6, **settings)
+    full.run(progress=False)
+    first = toy_trainer(smol_tokenizer, tmp_path / "split", steps=3, **settings)
+    first.run(progress=False)
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    second = toy_trainer(smol_tokenizer, tmp_path / "split", steps=6, **settings)
+    second.load_state_dict(state)
+    second.run(progress=False)
+    rewards = lambda trainer: [h["charts/reward_mean"] for h in trainer.book.history]  # noqa: E731
+    assert rewards(second) == rewards(full)
+    assert len(second.objective.replay.tokens) == 20  # the buffer keeps the last --sql-replay prompts
+
+
+def test_entropy_target_raises_the_coefficient_when_entropy_is_low(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=5, entropy_target=20.0, entropy_coef=0.01)
+    trainer.run(progress=False)
+    coefs = [h["losses/entropy_coef"] for h in trainer.book.history]
+    assert coefs[0] == pytest.approx(0.01) and all(b >= a for a, b in zip(coefs, coefs[1:])), coefs
+    assert coefs[1] > coefs[0] and coefs[-1] == pytest.approx(100.0)  # rises, up to its cap
+    above = toy_trainer(smol_tokenizer, tmp_path / "above", steps=3, entropy_target=0.01, entropy_coef=0.01)
+    above.run(progress=False)  # entropy above the target: the coefficient stays at its floor
+    assert [h["losses/entropy_coef"] for h in above.book.history] == pytest.approx([0.01] * 3)
+    fixed = toy_trainer(smol_tokenizer, tmp_path / "fixed", steps=2, entropy_coef=0.01)
+    fixed.run(progress=False)
+    assert [h["losses/entropy_coef"] for h in fixed.book.history] == [0.01, 0.01]
+
+
+def test_elite_term_keeps_the_best_prompts_by_reward(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=4, elite_coef=1.0, elite_size=3)
+    trainer.run(progress=False)
+    elite = trainer.objective.elite
+    best3 = sorted((r.train_reward for r in trainer.book.leaderboard.records.values()), reverse=True)[:3]
+    assert elite.rewards == pytest.approx(best3) and len(elite.tokens) == 3
+    assert all(np.isfinite(h["losses/elite_nll"]) for h in trainer.book.history)
+
+
+def test_train_plus_dev_selection_weighs_train_accuracy(smol_tokenizer, tmp_path):
+    from rlprompt.bookkeeping import Leaderboard, PromptRecord
+
+    board = Leaderboard(train_weight=0.5)
+    board.records = {"a": PromptRecord("a", 1.0, train_acc=0.6, step=1, dev_acc=0.9),
+                     "b": PromptRecord("b", 1.0, train_acc=0.9, step=1, dev_acc=0.8)}
+    assert [r.prompt for r in board.best(2)] == ["b", "a"]
+    board.train_weight = 0.0
+    assert [r.prompt for r in board.best(2)] == ["a", "b"]
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=1, selection="train+dev")
+    assert trainer.book.leaderboard.train_weight == pytest.approx(0.5)  # 8 train and the same 8 as dev

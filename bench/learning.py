@@ -1,0 +1,124 @@
+"""Does training beat early random sampling? For each finished run of a quality-bench label, on the run's
+eval set (its --test file: SST-2's full/dev.tsv for `--eval-set full-dev` labels):
+
+    python bench/learning.py --label abl-default            # the runs in runs/quality/abl-default/
+
+- early best: every distinct prompt sampled in the first --early-steps steps (default 20), scored on the
+  run's dev set; the best on dev (ties: train reward) is what random sampling + dev selection gives;
+- final greedy: the policy's argmax prompt at the end of training;
+- chosen: the run's own final prompt (its --selection on the dev-scored prompts);
+- train+dev pick: among the prompts the run scored on dev, the best by accuracy over train and dev.
+
+"Learns" means final greedy >= early best on the eval set. One JSON per run goes to
+bench/results/learning/<label>/<task>__<seed>.json (a finished one is not redone); the summary over
+runs is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlprompt.cli import OneLineArgumentParser, run_cli
+from rlprompt.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_scorer(cfg, task):
+    """The run's task-LM scorer (its template, verbalizers, precision and calibration)."""
+    from rlprompt.calibration import calibrated
+    from rlprompt.models import load_lm, pick_device
+    from rlprompt.scorer import build_scorer
+
+    model, tokenizer = load_lm(cfg.task_model, pick_device(cfg.device), cfg.task_dtype)
+    scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
+    return calibrated(scorer, cfg.calibration, [e.text for e in task.train])
+
+
+def analyse(run_dir: Path, early_steps: int) -> dict:
+    """The learning figures of one finished run (see the module docstring)."""
+    from rlprompt.checkpoint import load_checkpoint
+    from rlprompt.config import TrainConfig
+    from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.runs import load_run_task
+
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    state = load_checkpoint(run_dir)
+    cfg = TrainConfig(**{**state["config"], "resume": None, "overwrite": False})
+    _, task = load_run_task(cfg, run_dir)
+    if not task.test:
+        raise UserError(f"{run_dir}: the run has no test/eval set")
+    records = state["leaderboard"]
+    early = [r for r in records if r["step"] < early_steps]
+    todo = [r["prompt"] for r in early if r["dev_acc"] is None]
+    scorer = run_scorer(cfg, task)
+    dev = {row["prompt"]: row["accuracy"]
+           for row in (evaluate_prompts(scorer, todo, task.dev, progress=False) if todo else [])}
+    for r in early:
+        r["early_dev_acc"] = r["dev_acc"] if r["dev_acc"] is not None else dev[r["prompt"]]
+    early_best = max(early, key=lambda r: (r["early_dev_acc"], r["train_reward"]))
+    greedy = next(h["greedy_prompt"] for h in reversed(state["history"]) if "greedy_prompt" in h)
+    n_train, n_dev = min(len(task.train), cfg.train_batch), len(task.dev)
+    scored = [r for r in records if r["dev_acc"] is not None]
+    mixed = max(scored, key=lambda r: ((n_train * r["train_acc"] + n_dev * r["dev_acc"]) / (n_train + n_dev),
+                                       r["train_reward"]))
+    chosen = summary["best_prompt"]
+    texts = list(dict.fromkeys([early_best["prompt"], greedy, mixed["prompt"]]))
+    acc = {row["prompt"]: row["accuracy"] for row in evaluate_prompts(scorer, texts, task.test, progress=False)}
+    return {
+        "run": str(run_dir), "task": summary["task"], "seed": summary["seed"], "eval_n": len(task.test),
+        "steps": summary["steps"], "early_steps": early_steps, "early_prompts": len(early),
+        "early_best": {"prompt": early_best["prompt"], "step": early_best["step"],
+                       "dev_acc": early_best["early_dev_acc"], "eval_acc": acc[early_best["prompt"]]},
+        "final_greedy": {"prompt": greedy, "eval_acc": acc[greedy]},
+        "chosen": {"prompt": chosen["prompt"], "dev_acc": chosen["dev_acc"], "eval_acc": chosen["test_acc"]},
+        "train_dev_pick": {"prompt": mixed["prompt"], "train_acc": mixed["train_acc"], "dev_acc": mixed["dev_acc"],
+                           "eval_acc": acc[mixed["prompt"]]},
+        "learns": acc[greedy] >= acc[early_best["prompt"]],
+    }
+
+
+def main(argv=None) -> int:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n", 1)[1])
+    p.add_argument("--label", required=True, help="the quality-bench label whose runs to analyse")
+    p.add_argument("--runs-dir", default="runs/quality", help="where the label's run folders are")
+    p.add_argument("--early-steps", type=int, default=20, help="the early window, in steps (default 20)")
+    p.add_argument("--results", default=str(REPO / "bench" / "results" / "learning"))
+    args = p.parse_args(argv)
+    runs = sorted(d for d in (Path(args.runs_dir) / args.label).glob("*__*") if (d / "summary.json").is_file())
+    if not runs:
+        raise UserError(f"no finished runs in {Path(args.runs_dir) / args.label}")
+    out = Path(args.results) / args.label
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in runs:
+        path = out / f"{run.name}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+            continue
+        row = analyse(run, args.early_steps)
+        path.write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"[{run.name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
+              f"{100 * row['final_greedy']['eval_acc']:.1f}, chosen {100 * row['chosen']['eval_acc']:.1f}, "
+              f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)
+        rows.append(row)
+
+    def mean(key):
+        return sum(r[key]["eval_acc"] for r in rows) / len(rows)
+
+    doc = {"label": args.label, "runs": len(rows), "learns": sum(r["learns"] for r in rows),
+           **{f"{k}_mean": mean(k) for k in ("early_best", "final_greedy", "chosen", "train_dev_pick")},
+           "per_run": {Path(r["run"]).name: {k: r[k]["eval_acc"] for k in
+                                             ("early_best", "final_greedy", "chosen", "train_dev_pick")}
+                       for r in rows}}
+    (out / "learning.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda: main()))
