@@ -125,23 +125,37 @@ class Baselines:
         return out
 
     def rows(self, splits: dict[str, Sequence[Example]]) -> list[dict]:
-        """Each baseline entry with `{split}_acc` (None for an empty split) for every split given."""
+        """Each baseline entry with `{split}_acc` (None for an empty split) for every split given.
+
+        Per split, the distinct prompts of the entries that share a scorer are scored in one call (the
+        examples' prefixes are encoded once for all of them); calibration is applied per entry."""
         rows = self.entries()
         for split, examples in splits.items():
             labels = [e.label for e in examples]
-            for row in rows:
-                if not examples:
-                    row[f"{split}_acc"] = None
+            for demos in (False, True):
+                group = [row for row in rows if ("demos" in row) == demos]
+                if not group:
                     continue
-                scorer = self.demo_scorer() if "demos" in row else self.scorer
+                if not examples:
+                    for row in group:
+                        row[f"{split}_acc"] = None
+                    continue
+                scorer = self.demo_scorer() if demos else self.scorer
+                prompts = list(dict.fromkeys(row["prompt"] for row in group))
                 try:
-                    acc = float(accuracy(self._logprobs(scorer, [row["prompt"]], examples, row["calibration"]),
-                                         labels)[0])
+                    logprobs = score_examples(scorer, prompts, examples, progress=self.progress, desc="baselines")
                 except UserError as e:  # demos too long for the task LM's context: no k-shot figure
-                    if "demos" not in row:
+                    if not demos:
                         raise
-                    acc, row["skipped"] = None, str(e)
-                row[f"{split}_acc"] = acc
+                    for row in group:
+                        row[f"{split}_acc"], row["skipped"] = None, str(e)
+                    continue
+                for row in group:
+                    i = prompts.index(row["prompt"])
+                    own = logprobs[i:i + 1]
+                    if row["calibration"] != "none":
+                        own = apply(own, estimate(scorer, row["calibration"], [row["prompt"]], self.unlabeled))
+                    row[f"{split}_acc"] = float(accuracy(own, labels)[0])
         return rows
 
 

@@ -186,8 +186,22 @@ class _Prefix:
     lengths: torch.Tensor  # (E,) real prefix lengths
 
 
+MIN_SHARED_TOKENS = 16  # leading prefix tokens common to a chunk's examples worth one pass of their own
+
+
+def shared_length(seqs: list[list[int]]) -> int:
+    """How many leading token ids all `seqs` share, leaving every one at least one token of its own."""
+    n = min(map(len, seqs)) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(q[i] != first[i] for q in seqs):
+            return i
+    return max(n, 0)
+
+
 class CachedScorer(_BaseScorer):
-    """Fast scorer: prefix KV computed once per example and reused across prompts and calls.
+    """Fast scorer: prefix KV computed once per example and reused across prompts and calls. Leading
+    tokens that all examples of a chunk share (k-shot demos, a long instruction) are run once.
 
     Scores are memoized per (prompt, example chunk), so prompts seen before cost nothing.
     """
@@ -232,10 +246,23 @@ class CachedScorer(_BaseScorer):
         if key in self._prefixes:
             self._prefixes.move_to_end(key)
             return self._prefixes[key]
-        ids, mask, lengths = right_pad([self.encoder.encode_prefix(s) for s in sentences], self.pad_id)
-        out = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    use_cache=True)
-        prefix = _Prefix(returned_cache(out), mask, lengths)
+        seqs = [self.encoder.encode_prefix(s) for s in sentences]
+        shared = shared_length(seqs)
+        cache = None
+        if shared >= MIN_SHARED_TOKENS:  # e.g. k-shot demos: their keys/values are computed once, not per example
+            out = self.model.base_model(input_ids=torch.tensor([seqs[0][:shared]], device=self.device),
+                                        use_cache=True)
+            cache = returned_cache(out)
+            cache.batch_select_indices(torch.zeros(len(seqs), dtype=torch.long, device=self.device))
+        else:
+            shared = 0
+        tails, tail_mask, tail_lengths = right_pad([q[shared:] for q in seqs], self.pad_id)
+        mask = torch.cat([torch.ones(len(seqs), shared, dtype=tail_mask.dtype), tail_mask], dim=1)
+        positions = torch.arange(shared, shared + tails.shape[1]).expand_as(tails)
+        out = self.model.base_model(input_ids=tails.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=positions.to(self.device), use_cache=True,
+                                    **cache_kwargs(self.model.base_model, cache))
+        prefix = _Prefix(returned_cache(out), mask, tail_lengths + shared)
         self._prefixes[key] = prefix
         if len(self._prefixes) > self.prefix_cache_size:
             self._prefixes.popitem(last=False)

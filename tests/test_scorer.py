@@ -153,3 +153,25 @@ def test_bf16_keeps_fp32_labels_on_sst2_dev(smollm, data_dir):
     differ = s32.argmax(-1) != s16.argmax(-1)
     assert differ.sum() <= 2, margin32[differ]
     assert (margin32[differ].abs() < 0.25).all(), margin32[differ]
+
+
+def test_a_long_shared_prefix_is_run_once_and_scores_as_the_naive_scorer(tiny_lm):
+    from rlprompt.scorer import MIN_SHARED_TOKENS, shared_length
+
+    model, tok = tiny_lm
+    demos = "Review: a warm, funny and moving film.\\nSentiment: great\\n\\nReview: a tedious mess.\\nSentiment: terrible\\n\\n"
+    template = demos.replace("\\n", "\n") + "Review: {sentence}\n{prompt}\nSentiment:"
+    cached = CachedScorer(model, tok, template, VERBALIZERS, max_rows=8, example_chunk=3)
+    seqs = [cached.encoder.encode_prefix(s) for s in SENTENCES[:3]]
+    assert shared_length(seqs) >= MIN_SHARED_TOKENS  # the demos are shared
+    calls = []
+    forward = model.base_model.forward
+    model.base_model.forward = lambda *a, **kw: calls.append(kw["input_ids"].shape) or forward(*a, **kw)
+    try:
+        got = cached.score(PROMPTS, SENTENCES)
+    finally:
+        model.base_model.forward = forward
+    assert calls[0][0] == 1  # one row for the shared demos of the first chunk
+    ref = NaiveScorer(model, tok, template, VERBALIZERS, max_rows=7).score(PROMPTS, SENTENCES)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    assert shared_length([[1, 2, 3], [1, 2, 4]]) == 2 and shared_length([[1, 2], [1, 2, 3]]) == 1
