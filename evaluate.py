@@ -140,6 +140,25 @@ def run_task_spec(args, run_dir: str | None, run_config: dict):
     return spec_from_flags(**{k: v for k, v in flags.items() if k not in ("data_dir", "seed")})
 
 
+def pick_template(args, spec, task, model, tokenizer):
+    """(spec, task) with the template and verbalizers train.py's search would pick for a task of the
+    user's own data given without --template / --verbalizers (the same search on the same train+dev,
+    so a prompt is scored as it was found); unchanged otherwise."""
+    from types import SimpleNamespace
+
+    from rlprompt.template_search import apply_search
+
+    if args.run:
+        return spec, task
+    flags = SimpleNamespace(resume=None, train=args.train, task=args.task, task_file=args.task_file,
+                            template=args.template, verbalizers=args.verbalizers,
+                            auto_template=False, auto_verbalizers=False)
+    searched_spec, searched = apply_search(flags, spec, task, model, tokenizer)
+    for note in [n for n in searched.notes if n not in task.notes]:
+        print(f"note: {note}")
+    return searched_spec, searched
+
+
 def plot_run(run_dir: str) -> int:
     """evaluate.py --run DIR --plot: the curves PNG (and report.md for a finished run)."""
     from rlprompt.report import CURVES_PNG, plot_run_curves, run_history, write_run_report
@@ -204,9 +223,6 @@ def run(argv=None) -> int:
     mode = check_mode(args.calibration or (run_config.get("calibration") or "none" if args.run else "none"))
 
     spec = run_task_spec(args, args.run, run_config)
-    if args.save_task:
-        spec.to_file(args.save_task)
-        print(f"task saved to {args.save_task} (reuse it with --task-file {args.save_task})")
     task = spec.load(args.data_dir, args.seed, args.allow_download)
     for note in task.notes:
         print(f"note: {note}")
@@ -242,6 +258,10 @@ def run(argv=None) -> int:
                                 str(Path(args.run) / "prompts.json"))
 
     model, tokenizer = load_lm(args.task_model, args.device, args.dtype, args.allow_download)
+    spec, task = pick_template(args, spec, task, model, tokenizer)
+    if args.save_task:
+        spec.to_file(args.save_task)
+        print(f"task saved to {args.save_task} (reuse it with --task-file {args.save_task})")
     scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
     param = next(model.parameters())
     device, args.dtype = str(param.device), dtype_name(param.dtype)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from rlprompt.errors import UserError
-from rlprompt.tasks import NEW_TASK_TEMPLATE, TaskSpec, spec_from_flags
+from rlprompt.tasks import TaskSpec, spec_from_flags
 from rlprompt.templates import NAMED_TEMPLATES
 
 
@@ -40,7 +40,7 @@ class TaskArgs:
                                  "(default: the preset's; for data of your own, picked by train.py's search)")
     template: str | None = _f(None, "template with {sentence} and {prompt}, or a written one by name: "
                               f"{', '.join(NAMED_TEMPLATES)} (default: the preset's; for data of your own, "
-                              f"train.py picks one by search, evaluate.py uses {NEW_TASK_TEMPLATE!r})")
+                              "train.py and evaluate.py pick one by search)")
     manual_prompt: str | None = _f(None, "the hand-written prompt shown as a baseline")
     dev_fraction: float | None = _f(None, "share of each class split off --train as dev when no --dev (0.2)")
     save_task: str | None = _f(None, "also write the task as a reusable task file (.yaml or .json)")

@@ -106,6 +106,13 @@ def test_new_task_without_template_gets_one_picked_and_said(tiny_model_dir, tmp_
     assert repr(saved["template"]) in notes[0] and str(saved["verbalizers"]) in notes[0]
     assert yaml.safe_load((tmp_path / "mine.yaml").read_text())["template"] == saved["template"]
 
+    # evaluate.py on the same data without --template picks the same template and verbalizers
+    proc = run([str(REPO / "evaluate.py"), "--train", str(train), "--task-model", tiny, "--dtype", "fp32",
+                "--prompt", "Overall:", "--splits", "dev"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line for line in proc.stdout.splitlines() if "picked by search" in line] == notes, proc.stdout
+    assert f"template {saved['template']!r}" in proc.stdout
+
     # the printed ranking, and a given template with given verbalizers: no search, no note
     proc = run(["-m", "rlprompt.template_search", "--train", str(train), "--task-model", tiny,
                 "--templates", "rlprompt", "--templates", "review", "--top", "1"], REPO)
