@@ -71,6 +71,9 @@ class TrainConfig(TaskArgs):
                                "entropy coefficient, as SAC tunes its temperature (0: the fixed --entropy-coef)")
     entropy_coef_lr: float = _f(0.5, "--entropy-target: step of log(entropy coefficient) per nat of entropy "
                                 "below the target (the coefficient stays between --entropy-coef and 100)")
+    update_kl: float = _f(0.0, "trust region: the learning rate halves when one update moves the policy by more "
+                          "than 2x this KL (nats per token, on the step's prompts) and regrows up to --lr below "
+                          "half of it (0: a fixed --lr)")
     elite_coef: float = _f(0.0, "weight of the elite term: raise the log-likelihood of the --elite-size best "
                            "prompts so far by train reward (cross-entropy method; 0: off)")
     elite_size: int = _f(8, "prompts in the elite")
@@ -145,6 +148,7 @@ NUMBER_RULES = {
     "entropy_target": (0, None, "zero (off) or a positive number of nats per token"),
     "entropy_coef_lr": (0, None, "zero or more"),
     "elite_coef": (0, None, "zero or more"),
+    "update_kl": (0, None, "zero (off) or a positive KL in nats per token"),
     "elite_size": (1, None, "at least 1"),
     "sql_target_rate": (1e-300, 1, "in (0, 1]"),
     "sql_replay": (1, None, "at least 1"),

@@ -201,6 +201,11 @@ class PromptPolicy:
         kl = (p * (logp - base_logp)).sum(-1)
         return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy, kl
 
+    @torch.no_grad()
+    def log_policy(self, base_hidden: torch.Tensor) -> torch.Tensor:
+        """The adapted policy's full log-softmax (N, T, V) at the given base hidden states (no masks)."""
+        return torch.log_softmax(lm_logits(self.model, self.adaptor(base_hidden)).float(), -1)
+
     def masked_logits(self, base_hidden: torch.Tensor, tokens: torch.Tensor, adaptor: nn.Module | None = None):
         """The logits (N, T, V) that sampling drew `tokens` (N, T) from, with its masks (special and
         newline tokens, and with `no_repeat` the tokens already in the prompt) at -inf. With

@@ -65,6 +65,7 @@ class Trainer:
         self.book.add_prompts(texts, rewards, accuracies)
 
         rewards_t = torch.as_tensor(rewards, dtype=torch.float32, device=policy.device)
+        before = policy.log_policy(batch.base_hidden) if cfg.update_kl > 0 else None
         loss, loss_metrics = self.objective.loss(batch, rewards_t)
         skipped = not (torch.isfinite(loss) and torch.isfinite(rewards_t).all())
         grad_norm = float("nan")
@@ -76,6 +77,8 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.adaptor.parameters(), cfg.max_grad_norm))
             self.optimizer.step()
             self.objective.after_update()
+            if before is not None:
+                loss_metrics.update(self.adapt_step_size(before, policy.log_policy(batch.base_hidden)))
         t3 = time.perf_counter()
         finite = rewards_t[torch.isfinite(rewards_t)]
         return {
@@ -92,6 +95,19 @@ class Trainer:
             "losses/grad_norm": grad_norm,
             "time/sample_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2,
         }
+
+    def adapt_step_size(self, before: torch.Tensor, after: torch.Tensor) -> dict:
+        """--update-kl δ, a trust region on the step size: KL(π before ‖ π after the update), mean per
+        token over the step's prompts; the learning rate halves when it is above 2δ and grows ×1.5 (up
+        to --lr) when below δ/2, so no run of updates can collapse the policy in a few steps. The rate
+        lives in the optimizer's state (checkpointed)."""
+        kl = float((before.exp() * (before - after)).sum(-1).mean())
+        group = self.optimizer.param_groups[0]
+        if kl > 2 * self.cfg.update_kl:
+            group["lr"] = group["lr"] / 2
+        elif kl < self.cfg.update_kl / 2:
+            group["lr"] = min(self.cfg.lr, group["lr"] * 1.5)
+        return {"losses/update_kl": kl, "losses/lr": group["lr"]}
 
     def run(self, progress: bool = True) -> str:
         """Train until the step budget, early stop or a signal; returns why it stopped.

@@ -216,3 +216,14 @@ def test_train_plus_dev_selection_weighs_train_accuracy(smol_tokenizer, tmp_path
     assert [r.prompt for r in board.best(2)] == ["a", "b"]
     trainer = toy_trainer(smol_tokenizer, tmp_path, steps=1, selection="train+dev")
     assert trainer.book.leaderboard.train_weight == pytest.approx(0.5)  # 8 train and the same 8 as dev
+
+
+def test_update_kl_trust_region_shrinks_the_step_size_when_updates_move_the_policy_far(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=4, update_kl=1e-9)
+    trainer.run(progress=False)
+    rates = [h["losses/lr"] for h in trainer.book.history]
+    assert rates == pytest.approx([3e-3 / 2 ** k for k in range(1, 5)])  # every update is "too far"
+    assert all(h["losses/update_kl"] > 0 for h in trainer.book.history)
+    loose = toy_trainer(smol_tokenizer, tmp_path / "loose", steps=2, update_kl=1e9)
+    loose.run(progress=False)
+    assert [h["losses/lr"] for h in loose.book.history] == [3e-3, 3e-3]  # never above --lr
