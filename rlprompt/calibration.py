@@ -110,6 +110,12 @@ class CalibratedScorer:
             raise AttributeError(name)
         return getattr(self.scorer, name)
 
+    def around(self, scorer) -> "CalibratedScorer":
+        """The same calibration (mode, unlabeled inputs, the vectors known so far) around another scorer."""
+        other = CalibratedScorer(scorer, self.mode, self.unlabeled)
+        other._vectors = dict(self._vectors)
+        return other
+
     def vectors(self, prompts: Sequence[str]) -> torch.Tensor:
         """(P, V) vectors of `prompts`, estimated once per prompt (or saved) and remembered."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self._vectors))

@@ -133,7 +133,14 @@ class ShardedScorer:
 
 
 def unwrap_scorer(scorer):
-    """The process-local scorer inside a ShardedScorer (or the scorer itself)."""
+    """The process-local scorer inside a ShardedScorer (or the scorer itself). A CalibratedScorer around
+    a ShardedScorer becomes the same calibration (mode, unlabeled inputs, vectors so far) around the
+    process-local scorer, so trl's processes, which score different prompts, never meet in a collective."""
+    from rlprompt.calibration import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):
+        inner = unwrap_scorer(scorer.scorer)
+        return scorer if inner is scorer.scorer else scorer.around(inner)
     return scorer.scorer if isinstance(scorer, ShardedScorer) else scorer
 
 

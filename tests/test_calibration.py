@@ -72,6 +72,22 @@ def test_calibrated_scorer_remembers_vectors_and_uses_saved_ones():
     assert scorer.pairs_scored == inner.pairs_scored  # other attributes pass through
 
 
+def test_unwrapping_a_calibrated_sharded_scorer_keeps_the_calibration_on_the_local_scorer():
+    from types import SimpleNamespace
+
+    from rlprompt.distributed import ShardedScorer, unwrap_scorer
+
+    local = BiasedScorer()
+    sharded = ShardedScorer(local, SimpleNamespace(process_index=0, num_processes=2))
+    scorer = CalibratedScorer(sharded, "batch", UNLABELED, vectors={"saved": [0.0, 100.0]})
+    unwrapped = unwrap_scorer(scorer)  # what trl's processes score with
+    assert isinstance(unwrapped, CalibratedScorer) and unwrapped.scorer is local
+    assert (unwrapped.mode, unwrapped.unlabeled) == ("batch", UNLABELED)
+    assert unwrapped.calibration("saved") == {"mode": "batch", "vector": [0.0, 100.0]}
+    plain = CalibratedScorer(local, "batch", UNLABELED)
+    assert unwrap_scorer(plain) is plain and unwrap_scorer(sharded) is local
+
+
 def test_bad_calibration_input_is_one_line():
     with pytest.raises(UserError, match="unknown calibration 'bogus'; use none, batch, contextual"):
         check_mode("bogus")
