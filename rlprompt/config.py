@@ -66,7 +66,7 @@ class TrainConfig(TaskArgs):
     prompts_per_step: int = _f(16, "prompts sampled and scored per step")
     lr: float = _f(3e-5, "Adam learning rate of the adaptor")
     top_k: int = _f(256, "top-k sampling while training")
-    entropy_coef: float = _f(0.01, "entropy bonus weight (with --entropy-target: its starting value)")
+    entropy_coef: float = _f(0.01, "entropy bonus weight (with --entropy-target: its starting and lowest value)")
     entropy_target: float = _f(0.0, "hold the sampling entropy near this many nats per token with an adaptive "
                                "entropy coefficient, as SAC tunes its temperature (0: the fixed --entropy-coef)")
     entropy_coef_lr: float = _f(0.5, "--entropy-target: step of log(entropy coefficient) per nat of entropy "
@@ -106,7 +106,7 @@ class TrainConfig(TaskArgs):
                                    "last one, so a hard kill loses at most about this much training")
     train_batch: int = _f(32, "train examples that score each step's prompts: all of them in file order when the "
                           "train split has at most N, else a fresh seeded random mini-batch of N each step (--trainer "
-                          "reinforce; trl-grpo scores all)")
+                          "reinforce and sql; trl-grpo scores all)")
     resume: str | None = _f(None, "run folder to resume from its checkpoint")
     overwrite: bool = _f(False, "let --out name a folder that holds another run: it is moved aside to "
                          "<out>.old-<time> first (never mixed)")
