@@ -144,18 +144,20 @@ class Baselines:
                 prompts = list(dict.fromkeys(row["prompt"] for row in group))
                 try:
                     logprobs = score_examples(scorer, prompts, examples, progress=self.progress, desc="baselines")
+                    accs = []
+                    for row in group:
+                        own = logprobs[prompts.index(row["prompt"])][None]
+                        if row["calibration"] != "none":  # the vector scores the train inputs: may not fit either
+                            own = apply(own, estimate(scorer, row["calibration"], [row["prompt"]], self.unlabeled))
+                        accs.append(float(accuracy(own, labels)[0]))
                 except UserError as e:  # demos too long for the task LM's context: no k-shot figure
                     if not demos:
                         raise
                     for row in group:
                         row[f"{split}_acc"], row["skipped"] = None, str(e)
                     continue
-                for row in group:
-                    i = prompts.index(row["prompt"])
-                    own = logprobs[i:i + 1]
-                    if row["calibration"] != "none":
-                        own = apply(own, estimate(scorer, row["calibration"], [row["prompt"]], self.unlabeled))
-                    row[f"{split}_acc"] = float(accuracy(own, labels)[0])
+                for row, acc in zip(group, accs):
+                    row[f"{split}_acc"] = acc
         return rows
 
 

@@ -350,9 +350,14 @@ def test_float_and_integer_labels_are_one_label(tiny_model_dir, tmp_path, capsys
 
 
 def test_labels_flag_items_are_stripped(tiny_model_dir, workspace, tmp_path, capsys):
+    from rlprompt.tasks import spec_from_flags
+
+    task = spec_from_flags(None, None, str(workspace / "good.csv"), labels="bad, good").load()
+    assert task.label_names == ["bad", "good"] and task.verbalizers == [" bad", " good"]  # before any search
     argv = ["--train", str(workspace / "good.csv"), "--labels", "bad, good", "--task-model", str(tiny_model_dir),
-            "--prompt", "x", "--splits", "dev", "--out", str(tmp_path / "r.json")]
-    assert evaluate.main(argv) == 0
+            "--template", "rlprompt", "--verbalizers", " bad, good", "--prompt", "x", "--splits", "dev",
+            "--out", str(tmp_path / "r.json")]
+    assert evaluate.main(argv) == 0  # the data's labels are found under the stripped names
     assert json.loads((tmp_path / "r.json").read_text())["verbalizers"] == [" bad", " good"]
 
 

@@ -163,4 +163,4 @@ def test_train_py_trl_grpo_end_to_end(tiny_model_dir, tmp_path, data_dir):
     bad = subprocess.run([sys.executable, "train.py", "--trainer", "ppo"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "error: unknown --trainer 'ppo'; use reinforce or trl-grpo"
+    assert bad.stderr.strip() == "error: unknown --trainer 'ppo'; use reinforce, sql, trl-grpo"
