@@ -40,6 +40,7 @@ def run_scorer(cfg, task):
 
 def analyse(run_dir: Path, early_steps: int) -> dict:
     """The learning figures of one finished run (see the module docstring)."""
+    from rlprompt.bookkeeping import Leaderboard
     from rlprompt.checkpoint import load_checkpoint
     from rlprompt.config import TrainConfig
     from rlprompt.evaluation import evaluate_prompts
@@ -57,14 +58,13 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
     scorer = run_scorer(cfg, task)
     dev = {row["prompt"]: row["accuracy"]
            for row in (evaluate_prompts(scorer, todo, task.dev, progress=False) if todo else [])}
-    for r in early:
-        r["early_dev_acc"] = r["dev_acc"] if r["dev_acc"] is not None else dev[r["prompt"]]
-    early_best = max(early, key=lambda r: (r["early_dev_acc"], r["train_reward"]))
+    early_dev = {r["prompt"]: r["dev_acc"] if r["dev_acc"] is not None else dev[r["prompt"]] for r in early}
+    early_best = max(early, key=lambda r: (early_dev[r["prompt"]], r["train_reward"]))
     greedy = next(h["greedy_prompt"] for h in reversed(state["history"]) if "greedy_prompt" in h)
     n_train, n_dev = min(len(task.train), cfg.train_batch), len(task.dev)
-    scored = [r for r in records if r["dev_acc"] is not None]
-    mixed = max(scored, key=lambda r: ((n_train * r["train_acc"] + n_dev * r["dev_acc"]) / (n_train + n_dev),
-                                       r["train_reward"]))
+    board = Leaderboard(train_weight=n_train / (n_train + n_dev))  # the ranking of --selection train+dev
+    board.load_state_dict([r for r in records if r["dev_acc"] is not None])
+    mixed = vars(board.best(1)[0])
     chosen = summary["best_prompt"]
     texts = list(dict.fromkeys([early_best["prompt"], greedy, mixed["prompt"]]))
     acc = {row["prompt"]: row["accuracy"] for row in evaluate_prompts(scorer, texts, task.test, progress=False)}
@@ -72,7 +72,7 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
         "run": str(run_dir), "task": summary["task"], "seed": summary["seed"], "eval_n": len(task.test),
         "steps": summary["steps"], "early_steps": early_steps, "early_prompts": len(early),
         "early_best": {"prompt": early_best["prompt"], "step": early_best["step"],
-                       "dev_acc": early_best["early_dev_acc"], "eval_acc": acc[early_best["prompt"]]},
+                       "dev_acc": early_dev[early_best["prompt"]], "eval_acc": acc[early_best["prompt"]]},
         "final_greedy": {"prompt": greedy, "eval_acc": acc[greedy]},
         "chosen": {"prompt": chosen["prompt"], "dev_acc": chosen["dev_acc"], "eval_acc": chosen["test_acc"]},
         "train_dev_pick": {"prompt": mixed["prompt"], "train_acc": mixed["train_acc"], "dev_acc": mixed["dev_acc"],

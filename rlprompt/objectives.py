@@ -68,9 +68,13 @@ class Reinforce:
     def __init__(self, cfg: TrainConfig, policy):
         self.cfg = cfg
         self.policy = policy
-        self.log_entropy_coef = math.log(max(cfg.entropy_coef, 1e-8))
+        self.log_entropy_coef = self._log_floor
         self.elite = Elite(cfg.elite_size)
         self._entropy = None
+
+    @property
+    def _log_floor(self) -> float:
+        return math.log(max(self.cfg.entropy_coef, 1e-8))
 
     @property
     def entropy_coef(self) -> float:
@@ -101,7 +105,7 @@ class Reinforce:
     def after_update(self) -> None:
         if self.cfg.entropy_target > 0 and self._entropy is not None and math.isfinite(self._entropy):
             step = self.cfg.entropy_coef_lr * (self.cfg.entropy_target - self._entropy)
-            low, high = math.log(max(self.cfg.entropy_coef, 1e-8)), math.log(MAX_ENTROPY_COEF)
+            low, high = self._log_floor, math.log(MAX_ENTROPY_COEF)
             self.log_entropy_coef = min(high, max(low, self.log_entropy_coef + step))
 
     def state_dict(self) -> dict:
