@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from rlprompt.build import build, trainer_class
@@ -59,6 +60,7 @@ def data_line(cfg: TrainConfig, task) -> str:
 def main(argv=None) -> int:
     from rlprompt.distributed import is_main_process, process_state
 
+    started = time.perf_counter()
     cfg, state = parse_args(argv)
     quiet_transformers()
     process_state(cfg.device)  # under `accelerate launch`: join the other processes
@@ -68,14 +70,15 @@ def main(argv=None) -> int:
         print(f"note: {note}")
     folder = make_run_dir(cfg, task.name)  # locked until this process is done with it
     try:
-        return train_in(folder, cfg, state, spec, task, task_lm)
+        return train_in(folder, cfg, state, spec, task, task_lm, started)
     finally:
         folder.release()
 
 
-def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=None) -> int:
+def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=None, started=None) -> int:
     """Build, train and finalize the run in `folder` (a locked RunFolder); the exit code. `task_lm`: the
-    task LM's (model, tokenizer) when the template search already loaded it."""
+    task LM's (model, tokenizer) when the template search already loaded it; `started`: the
+    `time.perf_counter()` at which this process began (the summary's setup time counts from it)."""
     from rlprompt.distributed import end_processes, is_main_process
 
     run_dir = folder.path
@@ -91,6 +94,7 @@ def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=N
     except BaseException:
         folder.discard_if_new()
         raise
+    setup_s = round(time.perf_counter() - (started if started is not None else time.perf_counter()), 1)
     if main_process:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
         spec.to_file(run_dir / TASK_FILE)
@@ -117,7 +121,7 @@ def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=N
                   f"python train.py --resume {run_dir}", file=sys.stderr)
         return 130
     try:
-        summary = finalize(cfg, trainer.book, task, scorer, run_dir)  # every process: collective
+        summary = finalize(cfg, trainer.book, task, scorer, run_dir, {"setup": setup_s})  # collective
     except KeyboardInterrupt:
         if main_process:
             print(f"interrupted while scoring the test set; training is saved and {run_dir} holds the dev "

@@ -127,7 +127,8 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
         "eval_n": summary.get("examples", {}).get("test"),
         "rl": {"prompt": best.get("prompt"), "dev_acc": best.get("dev_acc"), "test_acc": rl},
         "baselines": baselines, "strongest_baseline": top, "margin": margin,
-        "train_wall_s": summary.get("wall_s"), "steps": summary.get("steps"),
+        "train_wall_s": summary.get("wall_s"), "phases_s": summary.get("phases_s"),
+        "hardware": summary.get("hardware"), "steps": summary.get("steps"),
         "pairs_scored": summary.get("pairs_scored"), "template": summary.get("template"),
         "verbalizers": summary.get("verbalizers"), "calibration": summary.get("config", {}).get("calibration"),
     }

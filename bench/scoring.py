@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python bench/scoring.py [--model smollm2-135m] [--prompts 16] [--examples 32] [--repeats 2]
 
-Workload: --prompts distinct prompts × the first --examples SST-2 train examples (16-shot seed 13),
+Workload: --prompts distinct prompts × the first --examples SST-2 examples (the 32 train examples of
+16-shot seed 13, then test examples beyond 32),
 the preset template and verbalizers, scored in one `score()` call (as one RL step scores its prompts).
 
 What is timed, per scorer and dtype (median of --repeats calls):
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +30,7 @@ import torch
 
 
 from rlprompt.cli import quiet_transformers
-from rlprompt.models import fast_bf16, load_lm, pick_device
+from rlprompt.models import fast_bf16, hardware, load_lm, pick_device
 from rlprompt.scorer import CachedScorer, NaiveScorer
 from rlprompt.tasks import load_task
 
@@ -74,7 +74,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="task LM (default smollm2-135m)")
     p.add_argument("--prompts", type=int, default=16, help="distinct prompts per call (default 16)")
-    p.add_argument("--examples", type=int, default=32, help="SST-2 train examples (default 32)")
+    p.add_argument("--examples", type=int, default=32,
+                   help="SST-2 examples: the 32 train examples, then test ones (default 32)")
+    p.add_argument("--cached-only", action="store_true", help="time the CachedScorer alone (no naive baseline)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per scorer, median reported (default 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtypes", help="comma-separated precisions to time (default: fp32, plus bf16 where "
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     task = load_task("sst2", seed=13)
-    sentences = [ex.text for ex in task.train[:args.examples]]
+    sentences = [ex.text for ex in (task.train + task.test)[:args.examples]]
     prompts = make_prompts(TIMED_PROMPTS, args.prompts)
     warmup = make_prompts(WARMUP_PROMPTS, args.prompts)
     pairs = len(prompts) * len(sentences)
@@ -99,15 +101,17 @@ def main(argv=None) -> int:
     result["dtypes"] = dtypes
     for dtype in dtypes:
         model, tok = load_lm(args.model, args.device, dtype)
-        for name, cls in (("cached", CachedScorer), ("naive", NaiveScorer)):
+        scorers = (("cached", CachedScorer),) + ((("naive", NaiveScorer),) if not args.cached_only else ())
+        for name, cls in scorers:
             scorer = cls(model, tok, task.template, task.verbalizers)
             seconds, outputs[name, dtype] = time_scorer(scorer, prompts, warmup, sentences, args.repeats)
             result[f"{name}_{dtype}_pairs_per_s"] = round(pairs / seconds, 1)
-        result[f"speedup_{dtype}"] = round(result[f"cached_{dtype}_pairs_per_s"]
-                                           / result[f"naive_{dtype}_pairs_per_s"], 2)
+        if not args.cached_only:
+            result[f"speedup_{dtype}"] = round(result[f"cached_{dtype}_pairs_per_s"]
+                                               / result[f"naive_{dtype}_pairs_per_s"], 2)
         del model
 
-    for dtype in dtypes:  # cached against naive in each precision timed
+    for dtype in dtypes if not args.cached_only else ():  # cached against naive in each precision timed
         diff = (outputs["cached", dtype] - outputs["naive", dtype]).abs().max().item()
         result[f"max_abs_diff_{dtype}"] = float(f"{diff:.3g}")
     if "bf16" in dtypes and "fp32" in dtypes:  # bf16 labels against fp32's, when both were timed
@@ -115,12 +119,10 @@ def main(argv=None) -> int:
         bf16_labels = outputs["cached", "bf16"].argmax(-1)
         result["bf16_labels_match_fp32"] = bool((fp32_labels == bf16_labels).all())
         result["bf16_label_agreement"] = round((fp32_labels == bf16_labels).float().mean().item(), 4)
-        result["bf16_naive_labels_match_fp32"] = bool(
-            (outputs["naive", "bf16"].argmax(-1) == fp32_labels).all())
-    result["device"] = str(pick_device(args.device))
-    result["threads"] = torch.get_num_threads()
-    result["cpu"] = platform.processor() or platform.machine()
-    result["torch"] = torch.__version__
+        if not args.cached_only:
+            result["bf16_naive_labels_match_fp32"] = bool(
+                (outputs["naive", "bf16"].argmax(-1) == fp32_labels).all())
+    result.update(hardware(pick_device(args.device)))
     print(json.dumps(result))
     return 0
 

@@ -9,17 +9,16 @@ Scores of prompts sampled twice come from the memo, as in real training.
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 
 from rlprompt.build import build
 from rlprompt.checkpoint import seed_everything
 from rlprompt.cli import quiet_transformers
 from rlprompt.config import TrainConfig
+from rlprompt.models import hardware
 from rlprompt.runs import load_run_task
 from rlprompt.trainer import Trainer
 
@@ -49,7 +48,7 @@ def main() -> None:
            "examples": len(task.train), "task_dtype": cfg.task_dtype, "steps": args.steps,
            "first_step": {k: round(rows[0][v], 3) for k, v in keys.items()},
            **{f"median_{k}": round(statistics.median(r[v] for r in rest), 3) for k, v in keys.items()},
-           "device": str(policy.device), "threads": torch.get_num_threads(), "cpu": platform.machine()}
+           **hardware(policy.device)}
     out["median_step_s"] = round(sum(out[f"median_{k}"] for k in keys), 3)
     print(json.dumps(out))
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,6 +57,21 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
+
+
+def hardware(device: torch.device) -> dict:
+    """Where a timing was taken: device, CPU model, torch threads, whether bf16 runs in hardware, GPU name."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = {"device": str(device), "cpu": cpu, "threads": torch.get_num_threads(), "fast_bf16": fast_bf16(device),
+           "torch": torch.__version__}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
 def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:

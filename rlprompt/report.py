@@ -123,6 +123,8 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
         f"{summary.get('pairs_scored', '?')} (prompt, example) pairs run through the task LM (train, dev and test)",
         f"- training time: {summary.get('wall_s', 0):.0f} s (wall, summed over resumes); "
         f"skipped (non-finite) steps: {summary.get('skipped_steps', 0)}",
+        *(["- time by phase (this process): " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["phases_s"].items())]
+          if summary.get("phases_s") else []),
         "", "## Best prompts (chosen on dev)", "",
         "| # | prompt | dev acc | test acc | train reward | found at step |", "|---|---|---|---|---|---|",
     ]

@@ -142,21 +142,32 @@ def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
     return spec, spec.load(cfg.data_dir, cfg.seed, cfg.allow_download)
 
 
-def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
+def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict | None = None) -> dict:
     """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
     then score the best prompts (and the baselines) on test and write them again with test figures.
 
     Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
-    `--resume` runs this again. `book` is the book's Bookkeeper."""
+    `--resume` runs this again. `book` is the book's Bookkeeper. `phases_s`: wall seconds of the
+    phases before training (e.g. {"setup": 12.3}); the summary's `phases_s` adds training, the dev
+    baselines, the test scoring of the best prompts and the test baselines."""
     from rlprompt.baselines import Baselines
     from rlprompt.calibration import raw
     from rlprompt.distributed import is_main_process
+
+    phases = {**(phases_s or {}), "train": round(book.train_s, 1)}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name], clock = round(now - clock, 1), now
 
     best = book.leaderboard.best(cfg.top_prompts)
     modes = ["batch"] + (["contextual"] if cfg.calibration == "contextual" else [])
     baselines = Baselines(raw(scorer), task, cfg.seed, modes, progress=is_main_process()) if cfg.baselines else None
     rows = baselines.rows({"dev": task.dev}) if baselines else []  # collective
-    summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)
+    lap("dev_baselines")
+    summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows, phases)
     if cfg.skip_test or not task.test:
         return summary
     from rlprompt.evaluation import evaluate_prompts
@@ -165,19 +176,23 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path) -> dict:
     with sigterm_as_interrupt():
         test = {row["prompt"]: row["accuracy"] for row in
                 evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective
+        lap("test_prompts")
         rows = baselines.rows({"dev": task.dev, "test": task.test}) if baselines else []
+        lap("test_baselines")
     for r in best[:3]:
         r.test_acc = test[r.prompt]
-    return write_run_outputs(cfg, book, task, scorer, run_dir, best, rows)
+    return write_run_outputs(cfg, book, task, scorer, run_dir, best, rows, phases)
 
 
-def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: list[dict]) -> dict:
+def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: list[dict],
+                      phases_s: dict | None = None) -> dict:
     """Write the run's prompts.json, summary.json, history.json, curves PNG and report.md (rank 0
     only); returns the summary. `baselines` are `Baselines.rows` (test_acc None before test scoring).
-    Each prompts.json row holds the prompt's calibration (mode and vector) when the run calibrates."""
+    Each prompts.json row holds the prompt's calibration (mode and vector) when the run calibrates.
+    `phases_s`: wall seconds per phase of this process (see `finalize`)."""
     from rlprompt.baselines import strongest
     from rlprompt.distributed import is_main_process
-    from rlprompt.models import dtype_name
+    from rlprompt.models import dtype_name, hardware
     from rlprompt.report import write_run_report
 
     rows = [dataclasses.asdict(r) for r in best]
@@ -189,8 +204,9 @@ def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: l
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "label_names": task.label_names,
         "seed": cfg.seed, "steps": book.step, "stop_reason": book.stop_reason,
-        "wall_s": round(book.train_s, 1), "skipped_steps": book.skipped_steps,
+        "wall_s": round(book.train_s, 1), "phases_s": dict(phases_s or {}), "skipped_steps": book.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
+        "hardware": hardware(next(scorer.model.parameters()).device),
         "calibration": cfg.calibration,
         "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
         "pairs_scored": scorer.pairs_scored,
@@ -213,6 +229,8 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
         return "   -  " if x is None else f"{100 * x:5.1f}%"
 
     print(f"\n{summary['stop_reason']} after {summary['steps']} steps ({summary['wall_s']:.0f} s)")
+    if summary.get("phases_s"):
+        print("time: " + ", ".join(f"{name} {s:.0f} s" for name, s in summary["phases_s"].items()))
     print(f"{'prompt':<50} {'dev':>7} {'test':>7}")
     for r in best_rows:
         print(f"{r['prompt'][:50]:<50} {pct(r['dev_acc']):>7} {pct(r['test_acc']):>7}")
