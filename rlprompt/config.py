@@ -17,6 +17,7 @@ def _f(default, help: str, **kw):
 
 
 TRAINERS = ("reinforce", "sql", "trl-grpo")
+ADVANTAGES = ("zscore", "running")
 SELECTIONS = ("dev", "train+dev")
 
 
@@ -81,6 +82,10 @@ class TrainConfig(TaskArgs):
     sql_replay: int = _f(1024, "--trainer sql: past prompts kept for replay (each step replays as many as it samples)")
     kl_coef: float = _f(0.2, "weight of KL(policy ‖ initial policy) per token: keeps exploration alive")
     reward_scale: float = _f(5.0, "the z-scored reward is multiplied by this before the update")
+    advantage: str = _f("zscore", "how a step's rewards become advantages (reinforce): zscore (minus the step's "
+                        "mean, over the step's std) or running (minus the step's mean, over a running std of "
+                        "the rewards: updates shrink as the sampled prompts' rewards agree)")
+    advantage_decay: float = _f(0.99, "--advantage running: per-step decay of the running reward variance")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     no_repeat: bool = _f(True, "forbid a token twice in one prompt (--no-no-repeat allows it)")
     adaptor_hidden: int = _f(2048, "hidden width of the adaptor MLP")
@@ -128,6 +133,8 @@ class TrainConfig(TaskArgs):
         check_mode(self.calibration)
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown --trainer {self.trainer!r}; use {', '.join(TRAINERS)}")
+        if self.advantage not in ADVANTAGES:
+            raise UserError(f"unknown --advantage {self.advantage!r}; use {' or '.join(ADVANTAGES)}")
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
         if self.resume and self.overwrite:
@@ -154,6 +161,7 @@ NUMBER_RULES = {
     "sql_replay": (1, None, "at least 1"),
     "kl_coef": (0, None, "zero or more"),
     "reward_scale": (1e-300, None, "positive"),
+    "advantage_decay": (0, 1 - 1e-9, "in [0, 1)"),
     "max_grad_norm": (1e-300, None, "positive"),
     "adaptor_hidden": (1, None, "at least 1"),
     "eval_every": (1, None, "at least 1"),

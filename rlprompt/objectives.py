@@ -54,8 +54,37 @@ class Elite:
         self.rewards, self.tokens, self.hidden = state["rewards"], state["tokens"], state["hidden"]
 
 
+class RunningScale:
+    """Advantages over a running reward scale: A = scale × (r − mean of the step) / σ, with σ² an
+    exponential moving average (decay `decay`, bias-corrected) of the steps' reward variances. Unlike a
+    per-step z-score, A shrinks when a step's prompts score alike, so the policy stops being pushed at a
+    fixed rate once its samples agree (PPO's running reward scaling, with the step's mean as baseline)."""
+
+    def __init__(self, scale: float, decay: float, eps: float = 1e-6):
+        self.scale, self.decay, self.eps = scale, decay, eps
+        self.mean_var, self.weight = 0.0, 0.0  # weight: the EMA's bias correction
+
+    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(N,) rewards of one step -> (N,) advantages; non-finite variances leave the scale as it was."""
+        var = float(rewards.var(unbiased=False)) if rewards.numel() > 1 else 0.0
+        if math.isfinite(var):
+            self.mean_var = self.decay * self.mean_var + (1 - self.decay) * var
+            self.weight = self.decay * self.weight + (1 - self.decay)
+        std = math.sqrt(self.mean_var / self.weight) if self.weight > 0 else 0.0
+        if std < self.eps:
+            return torch.zeros_like(rewards)
+        return self.scale * (rewards - rewards.mean()) / std
+
+    def state_dict(self) -> dict:
+        return {"mean_var": self.mean_var, "weight": self.weight}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean_var, self.weight = state["mean_var"], state["weight"]
+
+
 class Reinforce:
-    """REINFORCE: −Σ_t A·log π(a_t) with A the per-step z-scored reward × --reward-scale, minus the
+    """REINFORCE: −Σ_t A·log π(a_t) with A the per-step z-scored reward × --reward-scale (or, with
+    --advantage running, the reward minus the step's mean over a running scale: `RunningScale`), minus the
     entropy bonus, plus --kl-coef × KL(π ‖ π_init), minus --elite-coef × the mean log-likelihood of the
     --elite-size best prompts so far.
 
@@ -70,6 +99,7 @@ class Reinforce:
         self.policy = policy
         self.log_entropy_coef = self._log_floor
         self.elite = Elite(cfg.elite_size)
+        self.running = RunningScale(cfg.reward_scale, cfg.advantage_decay)
         self._entropy = None
 
     @property
@@ -82,14 +112,16 @@ class Reinforce:
 
     def loss(self, batch, rewards: torch.Tensor):
         cfg, policy = self.cfg, self.policy
-        advantages = normalize_rewards(rewards, cfg.reward_scale)  # (N,)
+        advantages = self.running(rewards) if cfg.advantage == "running" else \
+            normalize_rewards(rewards, cfg.reward_scale)  # (N,)
         log_probs, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens)  # (N, T)
         policy_loss = -(advantages[:, None] * log_probs).sum(1).mean()
         loss = policy_loss - self.entropy_coef * entropy.mean() + cfg.kl_coef * kl.sum(1).mean()
         metrics = {"losses/policy_loss": float(policy_loss.detach()),
                    "losses/entropy": float(entropy.detach().mean()),
                    "losses/kl_to_init": float(kl.detach().sum(1).mean()),
-                   "losses/entropy_coef": self.entropy_coef}
+                   "losses/entropy_coef": self.entropy_coef,
+                   "losses/advantage_abs": float(advantages.abs().mean())}
         if cfg.elite_coef > 0:
             self.elite.add(batch, rewards)
             hidden = torch.stack(self.elite.hidden).to(policy.device)
@@ -109,11 +141,14 @@ class Reinforce:
             self.log_entropy_coef = min(high, max(low, self.log_entropy_coef + step))
 
     def state_dict(self) -> dict:
-        return {"log_entropy_coef": self.log_entropy_coef, "elite": self.elite.state_dict()}
+        return {"log_entropy_coef": self.log_entropy_coef, "elite": self.elite.state_dict(),
+                "running": self.running.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.log_entropy_coef = state["log_entropy_coef"]
         self.elite.load_state_dict(state["elite"])
+        if "running" in state:  # checkpoints from before --advantage running
+            self.running.load_state_dict(state["running"])
 
 
 class Replay:

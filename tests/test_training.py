@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs import PromptBatchEnv, PromptClassificationEnv, step_through
 from rlprompt.config import TrainConfig
+from rlprompt.errors import UserError
 from rlprompt.policy import PromptPolicy
 from rlprompt.rewards import classification_reward, normalize_rewards
 from rlprompt.scorer import CachedScorer
@@ -227,3 +228,35 @@ def test_update_kl_trust_region_shrinks_the_step_size_when_updates_move_the_poli
     loose = toy_trainer(smol_tokenizer, tmp_path / "loose", steps=2, update_kl=1e9)
     loose.run(progress=False)
     assert [h["losses/lr"] for h in loose.book.history] == [3e-3, 3e-3]  # never above --lr
+
+
+def test_running_scale_advantages_shrink_when_a_steps_rewards_agree():
+    from rlprompt.objectives import RunningScale
+
+    running = RunningScale(scale=5.0, decay=0.9)
+    wide = running(torch.tensor([0.0, 10.0, 20.0, 30.0]))
+    assert torch.allclose(wide, normalize_rewards(torch.tensor([0.0, 10.0, 20.0, 30.0]), 5.0))  # first step: a z-score
+    narrow = torch.tensor([14.0, 15.0, 15.0, 16.0])
+    shrunk = running(narrow)
+    assert shrunk.sum().abs() < 1e-5 and shrunk.abs().max() < 0.5 * normalize_rewards(narrow, 5.0).abs().max()
+    copy = RunningScale(scale=5.0, decay=0.9)
+    copy.load_state_dict(running.state_dict())  # the scale is checkpointed
+    assert torch.equal(copy(narrow), running(narrow))
+    assert torch.equal(RunningScale(5.0, 0.9)(torch.full((4,), 3.0)), torch.zeros(4))  # no spread yet: no push
+
+
+def test_running_advantage_raises_the_reward_on_the_toy_task_and_resumes_exactly(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path / "learn", steps=40, prompts_per_step=16, advantage="running")
+    trainer.run(progress=False)
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 20, rewards
+    full = toy_trainer(smol_tokenizer, tmp_path / "full", steps=6, advantage="running")
+    full.run(progress=False)
+    first = toy_trainer(smol_tokenizer, tmp_path / "split", steps=3, advantage="running")
+    first.run(progress=False)
+    second = toy_trainer(smol_tokenizer, tmp_path / "split", steps=6, advantage="running")
+    second.load_state_dict(torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False))
+    second.run(progress=False)
+    assert [h["charts/reward_mean"] for h in second.book.history] == [h["charts/reward_mean"] for h in full.book.history]
+    with pytest.raises(UserError, match="unknown --advantage 'rank'"):
+        TrainConfig(advantage="rank")
