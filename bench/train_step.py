@@ -13,7 +13,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-
 from rlprompt.build import build
 from rlprompt.checkpoint import seed_everything
 from rlprompt.cli import quiet_transformers
