@@ -12,6 +12,10 @@ eval set (its --test file: SST-2's full/dev.tsv for `--eval-set full-dev` labels
 "Learns" means final greedy >= early best on the eval set. One JSON per run goes to
 bench/results/learning/<label>/<task>__<seed>.json (a finished one is not redone); the summary over
 runs is printed as JSON.
+
+--curves also scores the greedy prompt of every dev check (every --eval-every steps, from the run's
+history) on the eval set, adds `greedy_curve` ([step, accuracy] pairs) to each run's JSON and draws
+greedy_curves.png: what the policy itself would answer, over training, on examples it never saw.
 """
 
 from __future__ import annotations
@@ -81,6 +85,47 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
     }
 
 
+def greedy_curve(run_dir: Path) -> list[list]:
+    """[step, eval-set accuracy] of the greedy prompt logged at each of the run's dev checks."""
+    from rlprompt.checkpoint import load_checkpoint
+    from rlprompt.config import TrainConfig
+    from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.runs import load_run_task
+
+    state = load_checkpoint(run_dir)
+    cfg = TrainConfig(**{**state["config"], "resume": None, "overwrite": False})
+    _, task = load_run_task(cfg, run_dir)
+    logged = [(h["step"], h["greedy_prompt"]) for h in state["history"] if "greedy_prompt" in h]
+    texts = list(dict.fromkeys(prompt for _, prompt in logged))
+    acc = {row["prompt"]: row["accuracy"] for row in
+           evaluate_prompts(run_scorer(cfg, task), texts, task.test, progress=False)}
+    return [[step, acc[prompt]] for step, prompt in logged]
+
+
+def plot_curves(rows: list[dict], path: Path, label: str) -> None:
+    """One line per run: the greedy prompt's eval-set accuracy over training; × marks the early best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, row in enumerate(sorted(rows, key=lambda r: r["seed"])):
+        steps, accs = zip(*row["greedy_curve"])
+        color = f"C{i}"
+        ax.plot(steps, [100 * a for a in accs], marker="o", markersize=3, color=color, label=f"seed {row['seed']}")
+        ax.plot([row["early_steps"]], [100 * row["early_best"]["eval_acc"]], marker="x", markersize=9, color=color)
+    n = rows[0]["eval_n"]
+    ax.set(xlabel="training step", ylabel=f"accuracy on the eval set (n={n}), %",
+           title=f"{label}: the greedy prompt over training (× = best prompt of the first steps, chosen on dev)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n", 1)[1])
@@ -88,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default="runs/quality", help="where the label's run folders are")
     p.add_argument("--early-steps", type=int, default=20, help="the early window, in steps (default 20)")
     p.add_argument("--results", default=str(REPO / "bench" / "results" / "learning"))
+    p.add_argument("--curves", action="store_true",
+                   help="also score each dev check's greedy prompt on the eval set and draw greedy_curves.png")
     args = p.parse_args(argv)
     runs = sorted(d for d in (Path(args.runs_dir) / args.label).glob("*__*") if (d / "summary.json").is_file())
     if not runs:
@@ -98,13 +145,15 @@ def main(argv=None) -> int:
     for run in runs:
         path = out / f"{run.name}.json"
         if path.is_file():
-            rows.append(json.loads(path.read_text(encoding="utf-8")))
-            continue
-        row = analyse(run, args.early_steps)
+            row = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            row = analyse(run, args.early_steps)
+            print(f"[{run.name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
+                  f"{100 * row['final_greedy']['eval_acc']:.1f}, chosen {100 * row['chosen']['eval_acc']:.1f}, "
+                  f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)
+        if args.curves and "greedy_curve" not in row:
+            row["greedy_curve"] = greedy_curve(run)
         path.write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"[{run.name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
-              f"{100 * row['final_greedy']['eval_acc']:.1f}, chosen {100 * row['chosen']['eval_acc']:.1f}, "
-              f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)
         rows.append(row)
 
     def mean(key):
@@ -116,6 +165,8 @@ def main(argv=None) -> int:
                                              ("early_best", "final_greedy", "chosen", "train_dev_pick")}
                        for r in rows}}
     (out / "learning.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    if args.curves:
+        plot_curves(rows, out / "greedy_curves.png", args.label)
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -103,6 +103,18 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert row["learns"] == (row["final_greedy"]["eval_acc"] >= row["early_best"]["eval_acc"])
     assert json.loads(learning.stdout)["runs"] == 1
 
+    curves = subprocess.run([sys.executable, str(REPO / "bench" / "learning.py"), "--label", "smoke", "--runs-dir",
+                             str(tmp_path / "runs"), "--results", str(tmp_path / "learning"), "--early-steps", "1",
+                             "--curves"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert curves.returncode == 0, curves.stderr[-2000:]
+    with_curve = json.loads((tmp_path / "learning" / "smoke" / "sst2__13.json").read_text())
+    history = json.loads((tmp_path / "runs" / "smoke" / "sst2__13" / "history.json").read_text())
+    checks = [h for h in history if "greedy_prompt" in h]
+    assert [step for step, _ in with_curve["greedy_curve"]] == [h["step"] for h in checks] and checks
+    assert with_curve["greedy_curve"][-1][1] == row["final_greedy"]["eval_acc"]  # the last check is the final greedy
+    assert {k: v for k, v in with_curve.items() if k != "greedy_curve"} == row  # the rest is read back, not redone
+    assert (tmp_path / "learning" / "smoke" / "greedy_curves.png").stat().st_size > 10_000
+
     missing = bench([a if a != "smoke" else "other" for a in common] + ["--baselines-from", "nothing"] + flags,
                     tmp_path)
     assert missing.returncode == 2 and "run that label first" in missing.stderr
