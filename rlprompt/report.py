@@ -100,6 +100,11 @@ def pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
 
 
+def phases_text(phases_s: dict) -> str:
+    """'setup 3 s, train 124 s, ...': a run's wall seconds per phase, as train.py and report.md show them."""
+    return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases_s.items())
+
+
 def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], history: list[dict]) -> Path:
     """Write curves.png and report.md into the run folder; returns the report's path."""
     run_dir = Path(run_dir)
@@ -123,8 +128,7 @@ def write_run_report(run_dir: str | Path, summary: dict, prompts: list[dict], hi
         f"{summary.get('pairs_scored', '?')} (prompt, example) pairs run through the task LM (train, dev and test)",
         f"- training time: {summary.get('wall_s', 0):.0f} s (wall, summed over resumes); "
         f"skipped (non-finite) steps: {summary.get('skipped_steps', 0)}",
-        *(["- time by phase (this process): " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["phases_s"].items())]
-          if summary.get("phases_s") else []),
+        *([f"- time by phase (this process): {phases_text(summary['phases_s'])}"] if summary.get("phases_s") else []),
         "", "## Best prompts (chosen on dev)", "",
         "| # | prompt | dev acc | test acc | train reward | found at step |", "|---|---|---|---|---|---|",
     ]

@@ -230,7 +230,9 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
 
     print(f"\n{summary['stop_reason']} after {summary['steps']} steps ({summary['wall_s']:.0f} s)")
     if summary.get("phases_s"):
-        print("time: " + ", ".join(f"{name} {s:.0f} s" for name, s in summary["phases_s"].items()))
+        from rlprompt.report import phases_text
+
+        print(f"time: {phases_text(summary['phases_s'])}")
     print(f"{'prompt':<50} {'dev':>7} {'test':>7}")
     for r in best_rows:
         print(f"{r['prompt'][:50]:<50} {pct(r['dev_acc']):>7} {pct(r['test_acc']):>7}")
