@@ -31,35 +31,21 @@ from rlprompt.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_scorer(cfg, task):
-    """The run's task-LM scorer (its template, verbalizers, precision and calibration)."""
-    from rlprompt.calibration import calibrated
-    from rlprompt.models import load_lm, pick_device
-    from rlprompt.scorer import build_scorer
-
-    model, tokenizer = load_lm(cfg.task_model, pick_device(cfg.device), cfg.task_dtype)
-    scorer = build_scorer(model, tokenizer, task.template, task.verbalizers)
-    return calibrated(scorer, cfg.calibration, [e.text for e in task.train])
-
-
 def analyse(run_dir: Path, early_steps: int) -> dict:
     """The learning figures of one finished run (see the module docstring)."""
     from rlprompt.bookkeeping import Leaderboard
-    from rlprompt.checkpoint import load_checkpoint
-    from rlprompt.config import TrainConfig
+    from rlprompt.build import build_task_scorer
     from rlprompt.evaluation import evaluate_prompts
-    from rlprompt.runs import load_run_task
+    from rlprompt.runs import load_finished_run
 
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    state = load_checkpoint(run_dir)
-    cfg = TrainConfig(**{**state["config"], "resume": None, "overwrite": False})
-    _, task = load_run_task(cfg, run_dir)
+    state, cfg, task = load_finished_run(run_dir)
     if not task.test:
         raise UserError(f"{run_dir}: the run has no test/eval set")
     records = state["leaderboard"]
     early = [r for r in records if r["step"] < early_steps]
     todo = [r["prompt"] for r in early if r["dev_acc"] is None]
-    scorer = run_scorer(cfg, task)
+    scorer = build_task_scorer(cfg, task)
     dev = {row["prompt"]: row["accuracy"]
            for row in (evaluate_prompts(scorer, todo, task.dev, progress=False) if todo else [])}
     early_dev = {r["prompt"]: r["dev_acc"] if r["dev_acc"] is not None else dev[r["prompt"]] for r in early}
@@ -87,18 +73,15 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
 
 def greedy_curve(run_dir: Path) -> list[list]:
     """[step, eval-set accuracy] of the greedy prompt logged at each of the run's dev checks."""
-    from rlprompt.checkpoint import load_checkpoint
-    from rlprompt.config import TrainConfig
+    from rlprompt.build import build_task_scorer
     from rlprompt.evaluation import evaluate_prompts
-    from rlprompt.runs import load_run_task
+    from rlprompt.runs import load_finished_run
 
-    state = load_checkpoint(run_dir)
-    cfg = TrainConfig(**{**state["config"], "resume": None, "overwrite": False})
-    _, task = load_run_task(cfg, run_dir)
+    state, cfg, task = load_finished_run(run_dir)
     logged = [(h["step"], h["greedy_prompt"]) for h in state["history"] if "greedy_prompt" in h]
     texts = list(dict.fromkeys(prompt for _, prompt in logged))
     acc = {row["prompt"]: row["accuracy"] for row in
-           evaluate_prompts(run_scorer(cfg, task), texts, task.test, progress=False)}
+           evaluate_prompts(build_task_scorer(cfg, task), texts, task.test, progress=False)}
     return [[step, acc[prompt]] for step, prompt in logged]
 
 

@@ -9,20 +9,29 @@ from rlprompt.config import TrainConfig
 def build(cfg: TrainConfig, task, task_lm=None):
     """Task-LM scorer, policy and the train/dev environments of a config and its task. `task_lm`:
     the (model, tokenizer) of the task LM when already loaded."""
+    from rlprompt.distributed import process_device
+    from rlprompt.models import load_lm
+
+    scorer = build_task_scorer(cfg, task, task_lm)
+    policy_model, policy_tok = load_lm(cfg.policy_model, process_device(cfg.device), "fp32", cfg.allow_download)
+    policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, scorer, task)
+    return scorer, policy, train_env, dev_env
+
+
+def build_task_scorer(cfg: TrainConfig, task, task_lm=None):
+    """The config's task-LM scorer for `task`: its template, verbalizers, precision and calibration (the
+    vector estimated on the task's unlabeled train inputs); sharded under `accelerate launch`."""
     from rlprompt.calibration import calibrated
     from rlprompt.distributed import ShardedScorer, process_device, world_size
     from rlprompt.models import load_lm
     from rlprompt.scorer import build_scorer
 
-    device = process_device(cfg.device)
-    task_model, task_tok = task_lm or load_lm(cfg.task_model, device, cfg.task_dtype, cfg.allow_download)
+    task_model, task_tok = task_lm or load_lm(cfg.task_model, process_device(cfg.device), cfg.task_dtype,
+                                              cfg.allow_download)
     scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
     if world_size() > 1:  # under `accelerate launch`: each process scores its share of the examples
         scorer = ShardedScorer(scorer)
-    scorer = calibrated(scorer, cfg.calibration, [e.text for e in task.train])  # the reward's and dev's
-    policy_model, policy_tok = load_lm(cfg.policy_model, device, "fp32", cfg.allow_download)
-    policy, train_env, dev_env = build_policy_and_envs(cfg, policy_model, policy_tok, scorer, task)
-    return scorer, policy, train_env, dev_env
+    return calibrated(scorer, cfg.calibration, [e.text for e in task.train])  # the reward's and dev's
 
 
 def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from rlprompt.checkpoint import atomic_write_text
+from rlprompt.checkpoint import atomic_write_text, load_checkpoint
 from rlprompt.cli import sigterm_as_interrupt
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
@@ -140,6 +140,14 @@ def load_run_task(cfg: TrainConfig, resume_dir: Path | None):
     else:
         spec = cfg.task_spec().resolved(cfg.data_dir, cfg.seed)
     return spec, spec.load(cfg.data_dir, cfg.seed, cfg.allow_download)
+
+
+def load_finished_run(run_dir: Path) -> tuple[dict, TrainConfig, object]:
+    """(checkpoint state, TrainConfig, Task) of a run folder, for analyses after training."""
+    state = load_checkpoint(run_dir)
+    cfg = TrainConfig(**{**state["config"], "resume": None, "overwrite": False})
+    _, task = load_run_task(cfg, run_dir)
+    return state, cfg, task
 
 
 def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict | None = None) -> dict:

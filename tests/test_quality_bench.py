@@ -115,6 +115,20 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert {k: v for k, v in with_curve.items() if k != "greedy_curve"} == row  # the rest is read back, not redone
     assert (tmp_path / "learning" / "smoke" / "greedy_curves.png").stat().st_size > 10_000
 
+    selection = subprocess.run([sys.executable, str(REPO / "bench" / "selection.py"), "--labels", "smoke", "--runs-dir",
+                                str(tmp_path / "runs"), "--results", str(tmp_path / "selection"), "--pool", "2"],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert selection.returncode == 0, selection.stderr[-2000:]
+    run = json.loads((tmp_path / "selection" / "smoke" / "sst2__13.json").read_text())
+    scored = [c for c in run["candidates"] if c["dev_scored"]]
+    assert scored and len(run["candidates"]) <= len(scored) + 2 and run["eval_n"] == 872
+    chosen = json.loads((tmp_path / "runs" / "smoke" / "sst2__13" / "summary.json").read_text())["best_prompt"]
+    dev_pick = next(c for c in scored if c["prompt"] == chosen["prompt"])
+    assert dev_pick["eval_acc"] == pytest.approx(result["rl"]["test_acc"])  # the "dev" rule is train.py's own pick
+    rules = json.loads(selection.stdout)["labels"]["smoke"]["rules"]
+    assert rules["dev"]["mean"] == pytest.approx(100 * result["rl"]["test_acc"])
+    assert all(rules["oracle"]["mean"] >= r["mean"] for r in rules.values())
+
     missing = bench([a if a != "smoke" else "other" for a in common] + ["--baselines-from", "nothing"] + flags,
                     tmp_path)
     assert missing.returncode == 2 and "run that label first" in missing.stderr
