@@ -139,3 +139,28 @@ def test_quality_bench_bad_settings_fail_in_one_line(tmp_path):
     proc = bench(["--label", "x", "--tasks", "mr", "--eval-set", "full-dev"], tmp_path)
     assert proc.returncode == 2 and "full-dev exists for sst2 only" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+FAKE_METHOD = """
+import json, os, sys
+out = sys.argv[1]
+summary = {"seed": int(sys.argv[2]), "wall_s": 1.0, "steps": 1, "pairs_scored": 1, "examples": {"test": 4},
+           "template": os.environ.get("CUDA_VISIBLE_DEVICES", "none"), "verbalizers": [" a", " b"],
+           "best_prompt": {"prompt": "p", "dev_acc": 1.0, "test_acc": 0.5}, "baselines": []}
+open(os.path.join(out, "summary.json"), "w").write(json.dumps(summary))
+"""
+
+
+def test_on_gpus_runs_go_round_robin_with_their_own_cuda_visible_devices(monkeypatch, data_dir, tmp_path, capsys):
+    method = tmp_path / "method.py"
+    method.write_text(FAKE_METHOD)
+    monkeypatch.setattr(quality, "gpus", lambda: ["0", "1"])
+    argv = ["--label", "gpu", "--tasks", "sst2,mr", "--seeds", "13,21", "--data-dir", str(data_dir),
+            "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+            "--command", f"{sys.executable} {method} {{out}} {{seed}}"]
+    assert quality.main(argv) == 0
+    log = capsys.readouterr().err
+    assert log.count("on GPU 0") == 2 and log.count("on GPU 1") == 2  # round robin over the two GPUs
+    used = [json.loads((tmp_path / "results" / "gpu" / f"{t}__{s}.json").read_text())["template"]
+            for t in ("sst2", "mr") for s in (13, 21)]
+    assert used == ["0", "1", "0", "1"]  # each run saw only its own GPU, in order
