@@ -12,7 +12,8 @@ robin). The run's summary.json gives the RL prompt's and every baseline's accura
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
 committed), and a finished (task, seed) is not run again. At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
-strongest baseline and the RL margin over it, wall time, pairs scored), also written next to the
+strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
+would and the margin over that, wall time, pairs scored), also written next to the
 results as quality.json and quality.md.
 
 `--baselines-from LABEL` runs train.py with `--no-baselines` and takes each (task, seed)'s baselines
@@ -111,6 +112,15 @@ def strongest(baselines: dict[str, dict], given: dict | None) -> dict | None:
     if not baselines:
         return None
     name = max(baselines, key=lambda n: baselines[n]["dev_acc"] if baselines[n]["dev_acc"] is not None else -1)
+    return {"name": name, **baselines[name]}
+
+
+def baseline_on_dev(baselines: dict[str, dict]) -> dict | None:
+    """The baseline a user would take without test labels: the best on dev, ties to the first (simplest)."""
+    scored = [n for n in baselines if baselines[n].get("dev_acc") is not None]
+    if not scored:
+        return None
+    name = max(scored, key=lambda n: baselines[n]["dev_acc"])  # max keeps the first of equal keys
     return {"name": name, **baselines[name]}
 
 
@@ -217,9 +227,14 @@ def mean_std(values: list) -> dict:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
+def difference(a, b):
+    return None if a is None or b is None else a - b
+
+
 def aggregate(results: list[dict]) -> dict:
     """Per task: per-seed and mean ± std of the RL prompt, each baseline (by name, as found), the
-    strongest baseline and the RL margin over it, wall time and pairs scored."""
+    strongest baseline and the RL margin over it, the baseline picked on dev and the margin over that,
+    wall time and pairs scored."""
     tasks = {}
     for task in dict.fromkeys(r["task"] for r in results):
         rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["seed"])
@@ -239,6 +254,11 @@ def aggregate(results: list[dict]) -> dict:
                                    "names": {s: (r["strongest_baseline"] or {}).get("name")
                                              for s, r in per_seed.items()}},
             "margin": column(lambda r: r["margin"]),
+            "baseline_on_dev": {**column(lambda r: (baseline_on_dev(r["baselines"]) or {}).get("test_acc")),
+                                "names": {s: (baseline_on_dev(r["baselines"]) or {}).get("name")
+                                          for s, r in per_seed.items()}},
+            "margin_on_dev": column(lambda r: difference(r["rl"]["test_acc"],
+                                                         (baseline_on_dev(r["baselines"]) or {}).get("test_acc"))),
             "wall_s": {"total": round(sum(r["wall_s"] for r in rows), 1), **mean_std([r["wall_s"] for r in rows])},
             "pairs_scored": {"total": sum(r["pairs_scored"] or 0 for r in rows),
                              **mean_std([r["pairs_scored"] for r in rows])},
@@ -246,26 +266,26 @@ def aggregate(results: list[dict]) -> dict:
     return tasks
 
 
-def pm(col: dict) -> str:
-    return "–" if col["mean"] is None else f"{100 * col['mean']:.1f} ± {100 * col['std']:.1f}"
+def pm(col: dict, sign: bool = False) -> str:
+    return "–" if col["mean"] is None else f"{100 * col['mean']:{'+' if sign else ''}.1f} ± {100 * col['std']:.1f}"
 
 
 def markdown(label: str, tasks: dict) -> str:
     """The mean ± std table (one column per baseline name found) and the per-seed table."""
     names = list(dict.fromkeys(n for t in tasks.values() for n in t["baselines"]))
     head = ["task", "eval set", "seeds", "RL prompt", *names, "strongest baseline", "RL − strongest",
-            "wall s/seed", "pairs/seed"]
+            "baseline picked on dev", "RL − picked on dev", "wall s/seed", "pairs/seed"]
     lines = [f"### {label}: accuracy % (mean ± std over seeds)", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for task, t in tasks.items():
         base = [pm(t["baselines"][n]) if n in t["baselines"] else "–" for n in names]
-        margin = "–" if t["margin"]["mean"] is None else f"{100 * t['margin']['mean']:+.1f} ± {100 * t['margin']['std']:.1f}"
         lines.append(f"| {task} | {','.join(t['eval_set'])} (n={t['eval_n']}) | {len(t['seeds'])} | {pm(t['rl'])} | "
-                     + " | ".join(base) + f" | {pm(t['strongest_baseline'])} | {margin} | "
+                     + " | ".join(base) + f" | {pm(t['strongest_baseline'])} | {pm(t['margin'], sign=True)} | "
+                     f"{pm(t['baseline_on_dev'])} | {pm(t['margin_on_dev'], sign=True)} | "
                      f"{t['wall_s']['mean']:.0f} | {t['pairs_scored']['mean']:.0f} |")
-    lines += ["", "Per seed (accuracy %; strongest baseline by name):", "",
-              "| task | seed | RL prompt | " + " | ".join(names) + " | strongest | RL − strongest |",
-              "|" + "---|" * (5 + len(names))]
+    lines += ["", "Per seed (accuracy %; strongest baseline and baseline picked on dev by name):", "",
+              "| task | seed | RL prompt | " + " | ".join(names) + " | strongest | RL − strongest | picked on dev |",
+              "|" + "---|" * (6 + len(names))]
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.1f}"
@@ -276,7 +296,8 @@ def markdown(label: str, tasks: dict) -> str:
             m = t["margin"]["per_seed"][s]
             lines.append(f"| {task} | {s} | {pct(t['rl']['per_seed'][s])} | " + " | ".join(base)
                          + f" | {t['strongest_baseline']['names'][s]} {pct(t['strongest_baseline']['per_seed'][s])} | "
-                         + ("–" if m is None else f"{100 * m:+.1f}") + " |")
+                         + ("–" if m is None else f"{100 * m:+.1f}")
+                         + f" | {t['baseline_on_dev']['names'][s]} {pct(t['baseline_on_dev']['per_seed'][s])} |")
     return "\n".join(lines)
 
 

@@ -162,16 +162,15 @@ class Baselines:
 
 
 def strongest(rows: Sequence[dict]) -> dict | None:
-    """The baseline to beat: best test accuracy where test was scored (the conservative comparison),
-    else best dev accuracy; with `best_on_dev`, the one a user choosing on dev would take."""
-    def pick(key):
+    """The baseline to beat: best test accuracy where test was scored (the conservative comparison; ties
+    by dev accuracy), else best dev accuracy; with `best_on_dev`, the one a user choosing on dev would
+    take (ties go to the first, i.e. simplest, row: a user cannot break them with test labels)."""
+    def pick(key, tie):
         scored = [r for r in rows if r.get(key) is not None]
-        if not scored:
-            return None
-        other = "dev_acc" if key == "test_acc" else "test_acc"
-        return max(scored, key=lambda r: (r[key], r.get(other) or 0.0))
+        return max(scored, key=lambda r: (r[key], tie(r))) if scored else None
 
-    by_test, by_dev = pick("test_acc"), pick("dev_acc")
+    by_test = pick("test_acc", lambda r: r.get("dev_acc") or 0.0)
+    by_dev = pick("dev_acc", lambda r: 0)  # max keeps the first of equal keys
     best = by_test or by_dev
     if best is None:
         return None

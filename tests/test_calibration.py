@@ -138,6 +138,15 @@ def test_baselines_rows_and_strongest_on_a_tiny_lm(tiny_lm):
     assert strongest([{**r, "test_acc": None} for r in rows])["chosen_by"] == "dev"
 
 
+def test_best_on_dev_breaks_ties_without_looking_at_test():
+    rows = [{"name": "no prompt", "dev_acc": 0.8, "test_acc": 0.70},
+            {"name": "4-shot", "dev_acc": 0.8, "test_acc": 0.90},
+            {"name": "manual prompt", "dev_acc": 0.7, "test_acc": 0.95}]
+    top = strongest(rows)
+    assert top["name"] == "manual prompt" and top["chosen_by"] == "test"
+    assert top["best_on_dev"]["name"] == "no prompt"  # tied on dev: the first (simplest), not the best on test
+
+
 def test_manual_prompt_is_chosen_on_dev():
     class Prefers(BiasedScorer):  # only the prompt "second" reads the input; the others always say class 1
         def score(self, prompts, sentences):

@@ -45,7 +45,10 @@ def test_aggregate_makes_a_column_per_baseline_and_the_margin_over_the_strongest
     assert t["margin"]["mean"] == pytest.approx(0.075) and t["pairs_scored"]["total"] == 300
     table = quality.markdown("x", {"sst2": t})
     assert "| 4-shot demos |" in table and "75.0 ± 7.1" in table and "+7.5 ± 17.7" in table
-    assert "| sst2 | 2 | 70.0 | 50.0 | – | 75.0 | 4-shot demos 75.0 | -5.0 |" in table
+    assert t["baseline_on_dev"]["names"] == {"1": "manual prompt", "2": "no prompt"}  # what dev alone picks
+    assert t["baseline_on_dev"]["mean"] == pytest.approx(0.55) and t["margin_on_dev"]["mean"] == pytest.approx(0.20)
+    assert "| sst2 | 2 | 70.0 | 50.0 | – | 75.0 | 4-shot demos 75.0 | -5.0 | no prompt 50.0 |" in table
+    assert "| 55.0 ± 7.1 | +20.0 ± 0.0 |" in table
 
 
 def bench(args, cwd):
