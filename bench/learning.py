@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
+from rlprompt.runs import cached_json, finished_runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,18 +120,13 @@ def main(argv=None) -> int:
     p.add_argument("--curves", action="store_true",
                    help="also score each dev check's greedy prompt on the eval set and draw greedy_curves.png")
     args = p.parse_args(argv)
-    runs = sorted(d for d in (Path(args.runs_dir) / args.label).glob("*__*") if (d / "summary.json").is_file())
-    if not runs:
-        raise UserError(f"no finished runs in {Path(args.runs_dir) / args.label}")
     out = Path(args.results) / args.label
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in runs:
+    for run in finished_runs(Path(args.runs_dir) / args.label):
         path = out / f"{run.name}.json"
-        if path.is_file():
-            row = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            row = analyse(run, args.early_steps)
+        row, made = cached_json(path, lambda run=run: analyse(run, args.early_steps))
+        if made:
             print(f"[{run.name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
                   f"{100 * row['final_greedy']['eval_acc']:.1f}, chosen {100 * row['chosen']['eval_acc']:.1f}, "
                   f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)

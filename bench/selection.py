@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
+from rlprompt.runs import cached_json, finished_runs
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("dev", "dev-reward", "train+dev", "train+dev-reward", "last-greedy", "pool-train+dev-reward", "oracle")
@@ -116,20 +117,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     doc = {"pool": args.pool, "labels": {}}
     for label in [x for x in args.labels.split(",") if x]:
-        runs_dir = Path(args.runs_dir) / label
-        finished = sorted(d for d in runs_dir.glob("*__*") if (d / "summary.json").is_file())
-        if not finished:
-            raise UserError(f"no finished runs in {runs_dir}")
         out = Path(args.results) / label
         out.mkdir(parents=True, exist_ok=True)
         runs = []
-        for run_dir in finished:
-            path = out / f"{run_dir.name}.json"
-            if path.is_file():
-                run = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                run = score_candidates(run_dir, args.pool)
-                path.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for run_dir in finished_runs(Path(args.runs_dir) / label):
+            run, made = cached_json(out / f"{run_dir.name}.json", lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
+            if made:
                 print(f"[{label}/{run_dir.name}] {len(run['candidates'])} candidates: "
                       + ", ".join(f"{rule} {100 * pick(run, rule)['eval_acc']:.1f}" for rule in RULES), file=sys.stderr)
             runs.append(run)

@@ -150,6 +150,23 @@ def load_finished_run(run_dir: Path) -> tuple[dict, TrainConfig, object]:
     return state, cfg, task
 
 
+def finished_runs(folder: Path) -> list[Path]:
+    """The run folders under `folder` (one per task and seed, `<task>__<seed>`) that wrote a summary.json."""
+    runs = sorted(d for d in Path(folder).glob("*__*") if (d / "summary.json").is_file())
+    if not runs:
+        raise UserError(f"no finished runs in {folder}")
+    return runs
+
+
+def cached_json(path: Path, make) -> tuple[dict, bool]:
+    """(the JSON at `path`, False) when it exists, else (make(), True) after writing it there atomically."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8")), False
+    doc = make()
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return doc, True
+
+
 def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict | None = None) -> dict:
     """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
     then score the best prompts (and the baselines) on test and write them again with test figures.
