@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.runs import cached_json, finished_runs
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
                   f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)
         if args.curves and "greedy_curve" not in row:
             row["greedy_curve"] = greedy_curve(run)
-        path.write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            atomic_write_text(path, json.dumps(row, indent=2, ensure_ascii=False) + "\n")
         rows.append(row)
 
     def mean(key):

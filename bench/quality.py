@@ -115,13 +115,18 @@ def strongest(baselines: dict[str, dict], given: dict | None) -> dict | None:
     return {"name": name, **baselines[name]}
 
 
-def baseline_on_dev(baselines: dict[str, dict]) -> dict | None:
-    """The baseline a user would take without test labels: the best on dev, ties to the first (simplest)."""
-    scored = [n for n in baselines if baselines[n].get("dev_acc") is not None]
-    if not scored:
-        return None
-    name = max(scored, key=lambda n: baselines[n]["dev_acc"])  # max keeps the first of equal keys
-    return {"name": name, **baselines[name]}
+def difference(a, b):
+    """a − b, or None when either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def baseline_on_dev(baselines: dict[str, dict]) -> dict:
+    """The baseline a user would take without test labels ({} when none was scored on dev): train.py's
+    `best_on_dev`, the best on dev with ties to the first (simplest)."""
+    from rlprompt.baselines import strongest as strongest_rows
+
+    top = strongest_rows([{"name": n, **b} for n, b in baselines.items()])
+    return (top or {}).get("best_on_dev") or {}
 
 
 def result_from_summary(summary: dict, meta: dict) -> dict:
@@ -131,7 +136,7 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
                  for b in summary.get("baselines", [])}
     top = strongest(baselines, summary.get("strongest_baseline"))
     rl = best.get("test_acc")
-    margin = rl - top["test_acc"] if rl is not None and top and top.get("test_acc") is not None else None
+    margin = difference(rl, (top or {}).get("test_acc"))
     return {
         **meta,
         "eval_n": summary.get("examples", {}).get("test"),
@@ -169,8 +174,8 @@ def with_baselines(result: dict, other: dict) -> dict:
         if result.get(key) != other.get(key):
             raise UserError(f"--baselines-from {other['label']}: its {key} {other.get(key)!r} differs from this "
                             f"run's {result.get(key)!r}")
-    top, rl = other["strongest_baseline"], result["rl"]["test_acc"]
-    margin = rl - top["test_acc"] if rl is not None and top and top.get("test_acc") is not None else None
+    top = other["strongest_baseline"]
+    margin = difference(result["rl"]["test_acc"], (top or {}).get("test_acc"))
     return {**result, "baselines": other["baselines"], "strongest_baseline": top, "margin": margin,
             "baselines_from": other["label"]}
 
@@ -227,10 +232,6 @@ def mean_std(values: list) -> dict:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
-def difference(a, b):
-    return None if a is None or b is None else a - b
-
-
 def aggregate(results: list[dict]) -> dict:
     """Per task: per-seed and mean ± std of the RL prompt, each baseline (by name, as found), the
     strongest baseline and the RL margin over it, the baseline picked on dev and the margin over that,
@@ -240,6 +241,7 @@ def aggregate(results: list[dict]) -> dict:
         rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["seed"])
         names = list(dict.fromkeys(n for r in rows for n in r["baselines"]))
         per_seed = {str(r["seed"]): r for r in rows}
+        on_dev = {s: baseline_on_dev(r["baselines"]) for s, r in per_seed.items()}
 
         def column(get):
             values = {s: get(r) for s, r in per_seed.items()}
@@ -254,11 +256,9 @@ def aggregate(results: list[dict]) -> dict:
                                    "names": {s: (r["strongest_baseline"] or {}).get("name")
                                              for s, r in per_seed.items()}},
             "margin": column(lambda r: r["margin"]),
-            "baseline_on_dev": {**column(lambda r: (baseline_on_dev(r["baselines"]) or {}).get("test_acc")),
-                                "names": {s: (baseline_on_dev(r["baselines"]) or {}).get("name")
-                                          for s, r in per_seed.items()}},
-            "margin_on_dev": column(lambda r: difference(r["rl"]["test_acc"],
-                                                         (baseline_on_dev(r["baselines"]) or {}).get("test_acc"))),
+            "baseline_on_dev": {**column(lambda r: on_dev[str(r["seed"])].get("test_acc")),
+                                "names": {s: b.get("name") for s, b in on_dev.items()}},
+            "margin_on_dev": column(lambda r: difference(r["rl"]["test_acc"], on_dev[str(r["seed"])].get("test_acc"))),
             "wall_s": {"total": round(sum(r["wall_s"] for r in rows), 1), **mean_std([r["wall_s"] for r in rows])},
             "pairs_scored": {"total": sum(r["pairs_scored"] or 0 for r in rows),
                              **mean_std([r["pairs_scored"] for r in rows])},
