@@ -50,9 +50,11 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
 
 def data_line(cfg: TrainConfig, task) -> str:
     """What was read and what one step uses, said before the models load."""
-    n = len(task.train)
-    use = f"all {n:,} train examples" if n <= cfg.train_batch or cfg.trainer == "trl-grpo" else \
-        f"a random mini-batch of {cfg.train_batch} of the {n:,} train examples (--train-batch)"
+    from rlprompt.build import reward_examples
+
+    n, which = len(reward_examples(cfg, task)), cfg.reward_on
+    use = f"all {n:,} {which} examples" if n <= cfg.train_batch or cfg.trainer == "trl-grpo" else \
+        f"a random mini-batch of {cfg.train_batch} of the {n:,} {which} examples (--train-batch)"
     return (f"data: {n:,} train, {len(task.dev):,} dev, {len(task.test):,} test examples; each step scores "
             f"{cfg.prompts_per_step} prompts on {use}")
 

@@ -19,6 +19,7 @@ def _f(default, help: str, **kw):
 TRAINERS = ("reinforce", "sql", "trl-grpo")
 ADVANTAGES = ("zscore", "running")
 SELECTIONS = ("dev", "train+dev")
+REWARD_ON = ("train", "train+dev")
 
 
 @dataclass
@@ -93,6 +94,9 @@ class TrainConfig(TaskArgs):
     patience: int = _f(10, "stop after this many evaluations without a better dev accuracy (0: never)")
     selection: str = _f("dev", "how the final prompt is chosen among the dev-scored ones: dev (dev accuracy) "
                         "or train+dev (accuracy over train and dev examples together: less noise)")
+    reward_on: str = _f("train", "labelled examples the reward scores: train (dev stays held out for the dev checks "
+                        "and the final pick) or train+dev (twice the examples to fit; the dev checks then score "
+                        "examples the policy was trained on)")
     top_prompts: int = _f(5, "prompts kept in prompts.json; the best 3 are scored on test")
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
@@ -137,6 +141,8 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --advantage {self.advantage!r}; use {' or '.join(ADVANTAGES)}")
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
+        if self.reward_on not in REWARD_ON:
+            raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
         if self.resume and self.overwrite:
             raise UserError("--overwrite starts a new run in the folder and --resume continues the run there; "
                             "give one of them")

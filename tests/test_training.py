@@ -262,3 +262,23 @@ def test_running_advantage_raises_the_reward_on_the_toy_task_and_resumes_exactly
     assert [h["charts/reward_mean"] for h in second.book.history] == [h["charts/reward_mean"] for h in full.book.history]
     with pytest.raises(UserError, match="unknown --advantage 'rank'"):
         TrainConfig(advantage="rank")
+
+
+def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
+    from rlprompt.build import build_policy_and_envs, reward_examples
+    from rlprompt.tasks import Example, Task
+    from train import data_line
+
+    model, tok = tiny_lm
+    train = [Example("good film", 1), Example("bad film", 0)]
+    dev = [Example("great plot", 1), Example("dull plot", 0), Example("fine cast", 1)]
+    task = Task(name="toy", label_names=["neg", "pos"], verbalizers=[" terrible", " great"],
+                template="{sentence} {prompt} It was", train=train, dev=dev)
+    scorer = CachedScorer(model, tok, task.template, task.verbalizers)
+    both = TrainConfig(reward_on="train+dev", prompts_per_step=2, prompt_length=2, top_k=8, adaptor_hidden=8)
+    _, train_env, dev_env = build_policy_and_envs(both, fresh_tiny_lm(tok), tok, scorer, task)
+    assert train_env.examples == train + dev and dev_env.examples == dev
+    assert reward_examples(TrainConfig(), task) == train
+    assert "on all 5 train+dev examples" in data_line(both, task)
+    with pytest.raises(UserError, match="unknown --reward-on 'dev'"):
+        TrainConfig(reward_on="dev")
