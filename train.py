@@ -55,8 +55,8 @@ def data_line(cfg: TrainConfig, task) -> str:
     n, which = len(reward_examples(cfg, task)), cfg.reward_on
     use = f"all {n:,} {which} examples" if n <= cfg.train_batch or cfg.trainer == "trl-grpo" else \
         f"a random mini-batch of {cfg.train_batch} of the {n:,} {which} examples (--train-batch)"
-    return (f"data: {n:,} train, {len(task.dev):,} dev, {len(task.test):,} test examples; each step scores "
-            f"{cfg.prompts_per_step} prompts on {use}")
+    return (f"data: {len(task.train):,} train, {len(task.dev):,} dev, {len(task.test):,} test examples; "
+            f"each step scores {cfg.prompts_per_step} prompts on {use}")
 
 
 def main(argv=None) -> int:

@@ -44,7 +44,8 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
                           cfg.no_repeat, cfg.policy_start)
     vocab = policy_model.get_output_embeddings().weight.shape[0]
     decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
-    train_env = PromptBatchEnv(scorer, reward_examples(cfg, task), decode, vocab, cfg.prompt_length, cfg.prompts_per_step)
+    train_env = PromptBatchEnv(scorer, reward_examples(cfg, task), decode, vocab, cfg.prompt_length,
+                               cfg.prompts_per_step)
     dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
     return policy, train_env, dev_env
 

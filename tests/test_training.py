@@ -279,6 +279,7 @@ def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
     _, train_env, dev_env = build_policy_and_envs(both, fresh_tiny_lm(tok), tok, scorer, task)
     assert train_env.examples == train + dev and dev_env.examples == dev
     assert reward_examples(TrainConfig(), task) == train
-    assert "on all 5 train+dev examples" in data_line(both, task)
+    line = data_line(both, task)
+    assert line.startswith("data: 2 train, 3 dev") and "on all 5 train+dev examples" in line
     with pytest.raises(UserError, match="unknown --reward-on 'dev'"):
         TrainConfig(reward_on="dev")
