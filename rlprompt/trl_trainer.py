@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,15 @@ from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.checkpoint import rng_state, set_rng_state
 from rlprompt.distributed import unwrap_scorer, world_size
 from rlprompt.errors import UserError
+
+
+@contextlib.contextmanager
+def trl_deprecations_quiet():
+    """Silence the one FutureWarning trl itself triggers: it asks the model for `is_gradient_checkpointing`,
+    which transformers 5.x deprecates. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 class PolicyMaskProcessor(LogitsProcessor):
@@ -246,11 +256,12 @@ class GRPOPromptTrainer:
             raise UserError(f"the policy start {start_text!r} does not tokenize back to itself, which trl "
                             "needs; pass --policy-start TEXT")
         args = self.grpo_config(max_steps)  # beta 0 here, so trl loads no reference copy
-        trl = GRPOTrainer(
-            model=policy.model, reward_funcs=self.reward_fn, args=args,
-            train_dataset=Dataset.from_dict({"prompt": [start_text] * max_steps}),
-            processing_class=policy.tokenizer, optimizers=(self.optimizer, None), callbacks=list(callbacks),
-        )
+        with trl_deprecations_quiet():
+            trl = GRPOTrainer(
+                model=policy.model, reward_funcs=self.reward_fn, args=args,
+                train_dataset=Dataset.from_dict({"prompt": [start_text] * max_steps}),
+                processing_class=policy.tokenizer, optimizers=(self.optimizer, None), callbacks=list(callbacks),
+            )
         beta = cfg.kl_coef / cfg.reward_scale  # both trl terms are per-token means: see the docstring
         if beta:
             trl.beta = trl.args.beta = beta
@@ -272,7 +283,7 @@ class GRPOPromptTrainer:
         self.resuming = book.step > 0
         self._resume_rng = rng_state(self.generator)  # trl's set_seed overwrites the global state
         bar = book.progress_bar(progress, "train (trl-grpo)")
-        with book.running(), masked_generation(self.policy):
+        with book.running(), masked_generation(self.policy), trl_deprecations_quiet():
             try:
                 self.trl = self.build_trl(remaining, callbacks=[BookkeepingCallback(self, bar)])
                 self.trl.train()

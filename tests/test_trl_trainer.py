@@ -15,7 +15,8 @@ from envs import PromptBatchEnv
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.policy import PromptPolicy
-from rlprompt.trl_trainer import BaseModelReference, GRPOPromptTrainer, PolicyMaskProcessor, masked_generation
+from rlprompt.trl_trainer import (BaseModelReference, GRPOPromptTrainer, PolicyMaskProcessor, masked_generation,
+                                  trl_deprecations_quiet)
 from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_trl_samples_from_the_policys_space(smol_tokenizer, tmp_path):
     perturb(policy.adaptor)
     trl = trainer.build_trl(1)
     # trl's own generation path: prompt_length tokens, never a banned or a repeated token
-    with masked_generation(policy):
+    with masked_generation(policy), trl_deprecations_quiet():
         completions, _ = trl._generate_single_turn([policy.start_ids] * 32, None, {}, 32)
     tokens = torch.tensor(completions)
     assert tokens.shape == (32, 3)

@@ -122,8 +122,10 @@ class PeftSoftPrompt:
         # The label is read after each row's last real token; prompt tuning's logits include the
         # virtual positions, prefix tuning's do not.
         last = torch.tensor([len(s) - 1 for s in seqs]) + (self.n if self.kind == "prompt" else 0)
-        return label_logprobs(self.model, self.verbalizer_ids, last, input_ids=ids.to(self.device),
-                              attention_mask=mask.to(self.device))
+        with warnings.catch_warnings():  # peft hands the prefix to the model as `past_key_values`
+            warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+            return label_logprobs(self.model, self.verbalizer_ids, last, input_ids=ids.to(self.device),
+                                  attention_mask=mask.to(self.device))
 
 
 def verbalizer_loss(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
