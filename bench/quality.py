@@ -17,8 +17,10 @@ would and the margin over that, wall time, pairs scored), also written next to t
 results as quality.json and quality.md.
 
 `--baselines-from LABEL` runs train.py with `--no-baselines` and takes each (task, seed)'s baselines
-from that label's result, which must have the same eval set, template, verbalizers and calibration:
-ablations that change only the RL method then cost only its training and the RL prompts' scoring.
+from that label's result, which must have the same eval set, template and verbalizers, and a calibration
+that gives the same baseline rows (none and batch do; contextual adds rows): ablations that change only
+the RL method then cost only its training and the RL prompts' scoring. A failed run stops the bench
+before the next one starts.
 
 `--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
 to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
@@ -33,6 +35,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,11 +172,17 @@ def borrowed_baselines(args, task: str, seed: int) -> dict | None:
 
 def with_baselines(result: dict, other: dict) -> dict:
     """`result` (a --no-baselines run) with `other`'s baselines, strongest baseline and the new margin;
-    the template, verbalizers and calibration must be the same."""
-    for key in ("template", "verbalizers", "calibration", "eval_n"):
+    the template and verbalizers must be the same, and the calibrations must give the same baseline rows."""
+    from rlprompt.baselines import calibration_modes
+
+    for key in ("template", "verbalizers", "eval_n"):
         if result.get(key) != other.get(key):
             raise UserError(f"--baselines-from {other['label']}: its {key} {other.get(key)!r} differs from this "
                             f"run's {result.get(key)!r}")
+    mine, theirs = result.get("calibration") or "none", other.get("calibration") or "none"
+    if calibration_modes(mine) != calibration_modes(theirs):
+        raise UserError(f"--baselines-from {other['label']}: its baselines were scored for calibration {theirs!r}, "
+                        f"which has other baseline rows than this run's {mine!r}")
     top = other["strongest_baseline"]
     margin = difference(result["rl"]["test_acc"], (top or {}).get("test_acc"))
     return {**result, "baselines": other["baselines"], "strongest_baseline": top, "margin": margin,
@@ -325,18 +334,26 @@ def main(argv=None) -> int:
     jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
     jobs = max(1, jobs)
 
+    failed = threading.Event()  # set by a failed run: the runs not started yet are skipped
+
     def work(i_pair):
         i, (t, s) = i_pair
+        if failed.is_set():
+            return (t, s), None
         gpu = devices[i % len(devices)] if devices and jobs > 1 else None
         print(f"[{t} seed {s}] running" + (f" on GPU {gpu}" if gpu is not None else ""), file=sys.stderr)
-        r = run_one(args, t, s, gpu)
+        try:
+            r = run_one(args, t, s, gpu)
+        except BaseException:
+            failed.set()
+            raise
         acc = r["rl"]["test_acc"]
         print(f"[{t} seed {s}] finished in {r['wall_s']:.0f} s: RL prompt "
               f"{'–' if acc is None else f'{100 * acc:.1f}'} % on {args.eval_set}", file=sys.stderr)
         return (t, s), r
 
     with ThreadPoolExecutor(jobs) as pool:
-        for key, r in pool.map(work, enumerate(todo)):
+        for key, r in pool.map(work, enumerate(todo)):  # raises the first failure, in order
             done[key] = r
     tasks = aggregate([done[p] for p in pairs])
     doc = {"label": args.label, "eval_set": args.eval_set, "method_args": args.passthrough,

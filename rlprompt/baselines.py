@@ -25,6 +25,12 @@ K_SHOT = 4
 DEMO_SEPARATOR = "\n\n"
 
 
+def calibration_modes(calibration: str) -> list[str]:
+    """The calibrations the baselines are also shown with in a run calibrated with `calibration`: batch
+    always, contextual too for a contextual run. Runs whose modes agree have the same baseline rows."""
+    return ["batch"] + (["contextual"] if calibration == "contextual" else [])
+
+
 def manual_candidates(task: Task) -> list[str]:
     """The task's hand-written prompts: `manual_prompt` first, then `manual_prompts`, duplicates dropped."""
     return list(dict.fromkeys(p for p in [task.manual_prompt, *getattr(task, "manual_prompts", [])] if p))

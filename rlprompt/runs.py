@@ -175,7 +175,7 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
     `--resume` runs this again. `book` is the book's Bookkeeper. `phases_s`: wall seconds of the
     phases before training (e.g. {"setup": 12.3}); the summary's `phases_s` adds training, the dev
     baselines, the test scoring of the best prompts and the test baselines."""
-    from rlprompt.baselines import Baselines
+    from rlprompt.baselines import Baselines, calibration_modes
     from rlprompt.calibration import raw
     from rlprompt.distributed import is_main_process
 
@@ -188,7 +188,7 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
         phases[name], clock = round(now - clock, 1), now
 
     best = book.leaderboard.best(cfg.top_prompts)
-    modes = ["batch"] + (["contextual"] if cfg.calibration == "contextual" else [])
+    modes = calibration_modes(cfg.calibration)
     baselines = Baselines(raw(scorer), task, cfg.seed, modes, progress=is_main_process()) if cfg.baselines else None
     rows = baselines.rows({"dev": task.dev}) if baselines else []  # collective
     lap("dev_baselines")

@@ -167,3 +167,30 @@ def test_on_gpus_runs_go_round_robin_with_their_own_cuda_visible_devices(monkeyp
     used = [json.loads((tmp_path / "results" / "gpu" / f"{t}__{s}.json").read_text())["template"]
             for t in ("sst2", "mr") for s in (13, 21)]
     assert used == ["0", "1", "0", "1"]  # each run saw only its own GPU, in order
+
+
+def test_borrowed_baselines_need_the_same_baseline_rows_not_the_same_calibration():
+    from rlprompt.errors import UserError
+
+    base = {"template": "t", "verbalizers": [" a", " b"], "eval_n": 872, "rl": {"test_acc": 0.8}}
+    other = {**base, "label": "abl-default", "calibration": "none", "baselines": {"no prompt": {"test_acc": 0.78}},
+             "strongest_baseline": {"name": "no prompt", "test_acc": 0.78}}
+    merged = quality.with_baselines({**base, "calibration": "batch"}, other)  # batch-calibrated RL, same rows
+    assert merged["baselines"] == other["baselines"] and merged["margin"] == pytest.approx(0.02)
+    with pytest.raises(UserError, match="other baseline rows"):
+        quality.with_baselines({**base, "calibration": "contextual"}, other)
+    with pytest.raises(UserError, match="its template"):
+        quality.with_baselines({**base, "template": "u", "calibration": "none"}, other)
+
+
+def test_a_failed_run_stops_the_bench_before_the_next_starts(data_dir, tmp_path, capsys):
+    from rlprompt.errors import UserError
+
+    method = tmp_path / "fail.py"
+    method.write_text("import sys; sys.exit(3)\n")
+    argv = ["--label", "fail", "--tasks", "sst2", "--seeds", "13,21,42", "--data-dir", str(data_dir),
+            "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+            "--command", f"{sys.executable} {method}"]
+    with pytest.raises(UserError, match="seed 13 failed"):
+        quality.main(argv)
+    assert capsys.readouterr().err.count("running") == 1  # seeds 21 and 42 never started
