@@ -268,12 +268,12 @@ def run(argv=None) -> int:
     print(f"{task.name} (seed {args.seed}) | task model {args.task_model} {args.dtype} on {device} | "
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 
-    from rlprompt.baselines import Baselines
+    from rlprompt.baselines import Baselines, calibration_modes
     from rlprompt.calibration import calibrated
 
     texts = [p for _, p in prompts]
     scorer.check_fits(texts + [""], [e.text for s in splits for e in data[s]])
-    baselines = Baselines(scorer, task, args.seed, ["batch"] + (["contextual"] if mode == "contextual" else []), progress=True)
+    baselines = Baselines(scorer, task, args.seed, calibration_modes(mode), progress=True)
     rows = [{"source": b.pop("name"), "baseline": True, **b,
              **{f"{s}_n": len(data[s]) for s in splits}}
             for b in baselines.rows(data)]

@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         runs = []
         for run_dir in finished_runs(Path(args.runs_dir) / label):
-            run, made = cached_json(out / f"{run_dir.name}.json", lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
+            run, made = cached_json(out / f"{run_dir.name}.json",
+                                    lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
             if made:
                 print(f"[{label}/{run_dir.name}] {len(run['candidates'])} candidates: "
                       + ", ".join(f"{rule} {100 * pick(run, rule)['eval_acc']:.1f}" for rule in RULES), file=sys.stderr)
