@@ -17,7 +17,8 @@ the eval set (accuracy); then every rule picks one prompt:
 - oracle: the best candidate on the eval set (an upper bound no rule can beat; pool included).
 
 One JSON per run goes to bench/results/selection/<label>/<task>__<seed>.json (a finished one is not
-redone); the mean eval accuracy of each rule per label is printed as JSON and written to selection.json.
+redone, and one whose run folder is gone, e.g. made on a lent GPU, still counts); the mean eval accuracy of
+each rule per label is printed as JSON and written to selection.json.
 """
 
 from __future__ import annotations
@@ -119,14 +120,19 @@ def main(argv=None) -> int:
     for label in [x for x in args.labels.split(",") if x]:
         out = Path(args.results) / label
         out.mkdir(parents=True, exist_ok=True)
-        runs = []
-        for run_dir in finished_runs(Path(args.runs_dir) / label):
-            run, made = cached_json(out / f"{run_dir.name}.json",
-                                    lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
-            if made:
+        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*__*.json"))]
+        folder = Path(args.runs_dir) / label
+        if folder.is_dir() or not runs:
+            done = {Path(run["run"]).name for run in runs}
+            for run_dir in finished_runs(folder):
+                if run_dir.name in done:
+                    continue
+                run, _ = cached_json(out / f"{run_dir.name}.json",
+                                     lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
                 print(f"[{label}/{run_dir.name}] {len(run['candidates'])} candidates: "
                       + ", ".join(f"{rule} {100 * pick(run, rule)['eval_acc']:.1f}" for rule in RULES), file=sys.stderr)
-            runs.append(run)
+                runs.append(run)
+        runs.sort(key=lambda run: Path(run["run"]).name)
         doc["labels"][label] = {"runs": len(runs), "rules": summarize(runs)}
     Path(args.results).mkdir(parents=True, exist_ok=True)
     (Path(args.results) / "selection.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

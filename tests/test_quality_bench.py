@@ -131,6 +131,11 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     rules = json.loads(selection.stdout)["labels"]["smoke"]["rules"]
     assert rules["dev"]["mean"] == pytest.approx(100 * result["rl"]["test_acc"])
     assert all(rules["oracle"]["mean"] >= r["mean"] for r in rules.values())
+    gone = subprocess.run([sys.executable, str(REPO / "bench" / "selection.py"), "--labels", "smoke", "--runs-dir",
+                           str(tmp_path / "elsewhere"), "--results", str(tmp_path / "selection")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert gone.returncode == 0, gone.stderr[-2000:]
+    assert json.loads(gone.stdout)["labels"]["smoke"]["rules"] == rules  # read back: its run folders are elsewhere
 
     missing = bench([a if a != "smoke" else "other" for a in common] + ["--baselines-from", "nothing"] + flags,
                     tmp_path)
