@@ -110,6 +110,15 @@ class CalibratedScorer:
             raise AttributeError(name)
         return getattr(self.scorer, name)
 
+    @property
+    def pairs_scored(self) -> int:
+        """Pairs the wrapped scorer sent through its model (estimation pairs included)."""
+        return self.scorer.pairs_scored
+
+    @pairs_scored.setter
+    def pairs_scored(self, value: int) -> None:  # a resume banks earlier pairs on the wrapped scorer, not here
+        self.scorer.pairs_scored = value
+
     def around(self, scorer) -> "CalibratedScorer":
         """The same calibration (mode, unlabeled inputs, the vectors known so far) around another scorer."""
         other = CalibratedScorer(scorer, self.mode, self.unlabeled)

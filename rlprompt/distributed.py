@@ -100,6 +100,10 @@ class ShardedScorer:
         """Pairs this process sent through its model (see `total_pairs_scored` for all processes)."""
         return self.scorer.pairs_scored
 
+    @pairs_scored.setter
+    def pairs_scored(self, value: int) -> None:
+        self.scorer.pairs_scored = value
+
     def state_dict(self) -> dict:
         """Nothing: each process's memo holds only its share, and the checkpoint is rank 0's."""
         return {}

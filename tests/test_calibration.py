@@ -72,6 +72,22 @@ def test_calibrated_scorer_remembers_vectors_and_uses_saved_ones():
     assert scorer.pairs_scored == inner.pairs_scored  # other attributes pass through
 
 
+def test_pairs_banked_on_a_wrapped_scorer_keep_counting_new_pairs():
+    """What a resume does (`scorer.pairs_scored += earlier`): the count must stay the model scorer's,
+    or the pairs scored after the resume go uncounted."""
+    from types import SimpleNamespace
+
+    from rlprompt.distributed import ShardedScorer
+
+    inner = BiasedScorer()
+    sharded = ShardedScorer(inner, SimpleNamespace(process_index=0, num_processes=1))
+    for scorer in (CalibratedScorer(inner, "batch", UNLABELED), sharded, CalibratedScorer(sharded, "batch", UNLABELED)):
+        inner.pairs_scored = 0
+        scorer.pairs_scored += 100
+        scorer.score(["p"], UNLABELED)
+        assert scorer.pairs_scored == inner.pairs_scored == 104
+
+
 def test_unwrapping_a_calibrated_sharded_scorer_keeps_the_calibration_on_the_local_scorer():
     from types import SimpleNamespace
 
