@@ -82,10 +82,10 @@ class TrainConfig(TaskArgs):
     sql_target_rate: float = _f(0.01, "--trainer sql: Polyak rate of the target adaptor per step")
     sql_replay: int = _f(1024, "--trainer sql: past prompts kept for replay (each step replays as many as it samples)")
     kl_coef: float = _f(0.2, "weight of KL(policy ‖ initial policy) per token: keeps exploration alive")
-    reward_scale: float = _f(5.0, "the z-scored reward is multiplied by this before the update")
-    advantage: str = _f("zscore", "how a step's rewards become advantages (reinforce): zscore (minus the step's "
-                        "mean, over the step's std) or running (minus the step's mean, over a running std of "
-                        "the rewards: updates shrink as the sampled prompts' rewards agree)")
+    reward_scale: float = _f(5.0, "the advantages (see --advantage) are multiplied by this before the update")
+    advantage: str = _f("running", "how a step's rewards become advantages (reinforce): running (minus the "
+                        "step's mean, over a running std of the rewards: updates shrink as the sampled prompts' "
+                        "rewards agree) or zscore (minus the step's mean, over the step's std)")
     advantage_decay: float = _f(0.99, "--advantage running: per-step decay of the running reward variance")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     no_repeat: bool = _f(True, "forbid a token twice in one prompt (--no-no-repeat allows it)")
@@ -101,9 +101,9 @@ class TrainConfig(TaskArgs):
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
     policy_start: str | None = _f(None, "text the policy starts writing after (default <|endoftext|>)")
-    calibration: str = _f("none", "calibrated scoring for the reward, dev selection and test: none, batch (subtract "
-                          "the prompt's mean verbalizer log-softmax over the unlabeled train inputs) or "
-                          "contextual (the same over content-free inputs such as 'N/A'); see docs/calibration.md")
+    calibration: str = _f("batch", "calibrated scoring for the reward, dev selection and test: batch (subtract "
+                          "the prompt's mean verbalizer log-softmax over the unlabeled train inputs), contextual "
+                          "(the same over content-free inputs such as 'N/A') or none; see docs/calibration.md")
     trainer: str = _f("reinforce", "reinforce (the built-in policy-gradient loop), sql (RLPrompt's soft "
                       "Q-learning in the same loop) or trl-grpo (trl's GRPOTrainer on the same policy, reward "
                       "and masks)")

@@ -98,6 +98,7 @@ def run(ctx: MethodContext) -> MethodResult:
     train_cfg = TrainConfig(seed=ctx.seed, prompt_length=cfg.prompt_length, steps=10**9,
                             prompts_per_step=cfg.prompts_per_step, lr=cfg.lr, top_k=cfg.top_k,
                             kl_coef=cfg.kl_coef, entropy_coef=cfg.entropy_coef,
+                            advantage="zscore",  # as measured in docs/methods.md; train.py's default is running
                             adaptor_hidden=cfg.adaptor_hidden, eval_every=cfg.eval_every, patience=0,
                             checkpoint_every=10**9, checkpoint_every_s=1e9, init_prompt=cfg.init_prompt,
                             device=ctx.device)
