@@ -10,7 +10,8 @@ Each (task, seed) is one run of the method (default `train.py --task T --seed S 
 flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (several GPUs: round
 robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
-committed), and a finished (task, seed) is not run again. At the end it prints one JSON document and
+committed), and a finished (task, seed) is not run again; one killed mid-run is continued from its
+checkpoint (`train.py --resume`). At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
 would and the margin over that, wall time, pairs scored), also written next to the
@@ -40,6 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rlprompt.checkpoint import CHECKPOINT_NAME
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.tasks import SEEDS, parse_list, resolve_data_dir
@@ -101,7 +103,9 @@ def method_command(args, task: str, seed: int, out: Path) -> list[str]:
         data_dir = args.data_dir or str(resolve_data_dir(None))
         fields = {"task": task, "seed": seed, "out": str(out), "data_dir": data_dir, "test": test or ""}
         return [part.format(**fields) for part in shlex.split(args.command)] + args.passthrough
-    cmd = [sys.executable, str(REPO / "train.py"), "--task", task, "--seed", str(seed), "--out", str(out)]
+    # A run killed before its result was written left a checkpoint: continue it rather than start over.
+    where = "--resume" if (out / CHECKPOINT_NAME).is_file() else "--out"
+    cmd = [sys.executable, str(REPO / "train.py"), "--task", task, "--seed", str(seed), where, str(out)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--test", test] if test else []
     cmd += ["--no-baselines"] if args.baselines_from else []
@@ -210,7 +214,7 @@ def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     start = time.time()
-    with open(out.parent / f"{task}__{seed}.log", "w", encoding="utf-8") as log:
+    with open(out.parent / f"{task}__{seed}.log", "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     wall = time.time() - start
     if proc.returncode != 0:

@@ -199,3 +199,15 @@ def test_a_failed_run_stops_the_bench_before_the_next_starts(data_dir, tmp_path,
     with pytest.raises(UserError, match="seed 13 failed"):
         quality.main(argv)
     assert capsys.readouterr().err.count("running") == 1  # seeds 21 and 42 never started
+
+
+def test_a_run_killed_before_its_result_is_continued_from_its_checkpoint(data_dir, tmp_path):
+    args = quality.parse_args(["--label", "k", "--tasks", "sst2", "--data-dir", str(data_dir), "--", "--steps", "3"])
+    out = tmp_path / "sst2__13"
+    out.mkdir()
+    fresh = quality.method_command(args, "sst2", 13, out)
+    assert fresh[fresh.index("--out") + 1] == str(out) and "--resume" not in fresh
+    (out / "checkpoint.pt").write_bytes(b"")  # what a killed train.py leaves behind
+    resumed = quality.method_command(args, "sst2", 13, out)
+    assert resumed[resumed.index("--resume") + 1] == str(out) and "--out" not in resumed
+    assert resumed[-2:] == ["--steps", "3"]  # the flags still pass: train.py refuses ones that change the run
