@@ -16,6 +16,9 @@ What is timed, per scorer and dtype (median of --repeats calls):
 pairs/s = prompts × examples / seconds. `max_abs_diff_<dtype>` compares the cached and naive (P, E, V)
 log-probs in each precision timed; with both fp32 and bf16, `bf16_labels_match_fp32` compares the argmax
 labels of bf16 and fp32 (cached). `--dtypes bf16` times bf16 alone.
+`host_ms_per_call`: the CPU-side part of the cached scorer's call (tokenizing the continuations and
+building the id, mask and position tensors of every block; median of --repeats), which on a GPU is spent
+while the device waits.
 """
 
 from __future__ import annotations
@@ -70,6 +73,22 @@ def time_scorer(scorer, prompts, warmup, sentences, repeats: int) -> tuple[float
     return statistics.median(times), out
 
 
+def host_ms(scorer: CachedScorer, prompts, sentences, repeats: int) -> float:
+    """Median milliseconds of the host-side inputs of one score() call, in the scorer's own blocks
+    (the examples' prefix lengths are known from the warm-up, as in the timed call)."""
+    chunks = [sentences[c:c + scorer.example_chunk] for c in range(0, len(sentences), scorer.example_chunk)]
+    lengths = [torch.tensor([len(scorer.encoder.encode_prefix(s)) for s in chunk]) for chunk in chunks]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for chunk, prefix_lengths in zip(chunks, lengths):
+            step = max(1, scorer.max_rows // len(chunk))
+            for i in range(0, len(prompts), step):
+                scorer.continuation_batch(prompts[i:i + step], chunk, prefix_lengths)
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="task LM (default smollm2-135m)")
@@ -106,6 +125,8 @@ def main(argv=None) -> int:
             scorer = cls(model, tok, task.template, task.verbalizers)
             seconds, outputs[name, dtype] = time_scorer(scorer, prompts, warmup, sentences, args.repeats)
             result[f"{name}_{dtype}_pairs_per_s"] = round(pairs / seconds, 1)
+            if name == "cached":
+                result["host_ms_per_call"] = host_ms(scorer, prompts, sentences, max(args.repeats, 5))
         if not args.cached_only:
             result[f"speedup_{dtype}"] = round(result[f"cached_{dtype}_pairs_per_s"]
                                                / result[f"naive_{dtype}_pairs_per_s"], 2)

@@ -60,6 +60,14 @@ class PromptEncoder:
         cont = self.texts(prompt, sentence)[1]
         return self.tokenizer(cont, add_special_tokens=False).input_ids
 
+    def encode_continuations(self, prompts: list[str], sentences: list[str]) -> list[list[int]]:
+        """Continuation ids of every prompt x sentence pair, row r = (prompts[r // E], sentences[r % E]);
+        the same ids as `encode_continuation`, with each distinct text tokenized once, in one batch."""
+        texts = [self.texts(p, s)[1] for p in prompts for s in sentences]
+        distinct = list(dict.fromkeys(texts))  # usually one per prompt: the tail rarely holds {sentence}
+        ids = dict(zip(distinct, self.tokenizer(distinct, add_special_tokens=False).input_ids))
+        return [ids[t] for t in texts]
+
     def encode_pair(self, prompt: str, sentence: str) -> list[int]:
         """All token ids of the rendered pair, as the task LM reads them."""
         ids = self.encode_prefix(sentence) + self.encode_continuation(prompt, sentence)
@@ -268,27 +276,31 @@ class CachedScorer(_BaseScorer):
             self._prefixes.popitem(last=False)
         return prefix
 
-    def _score_continuations(self, prompts, sentences, prefix: _Prefix) -> torch.Tensor:
-        """(P, E, V) for a block of prompts on one example chunk, in one forward pass."""
-        E = len(sentences)
-        conts = [self.encoder.encode_continuation(p, s) for p in prompts for s in sentences]
+    def continuation_batch(self, prompts: list[str], sentences: list[str], prefix_lengths: torch.Tensor):
+        """The host-side inputs of one block, on the CPU: ids, mask and positions (rows, width) of every
+        prompt x example continuation, row r = (prompts[r // E], sentences[r % E]), left-padded so that
+        every row's last token is at the last position; positions go on from each example's prefix."""
+        conts = self.encoder.encode_continuations(prompts, sentences)
         if not all(conts):
             raise UserError(f"template {self.encoder.template!r} leaves nothing after the prompt "
                             "to read the label at; end it with text such as ' It was'")
+        lengths = prefix_lengths.repeat(len(prompts))
+        sizes = torch.tensor([len(c) for c in conts])
         limit = self.encoder.max_length
-        lengths = prefix.lengths.repeat(len(prompts))  # row r = prompt r // E, example r % E
-        if limit and int((lengths + torch.tensor([len(c) for c in conts])).max()) > limit:
+        if limit and int((lengths + sizes).max()) > limit:
             raise UserError(f"a prompt with its input is longer than the task model's context ({limit})")
-        width = max(map(len, conts))
+        width = int(sizes.max())
+        start = (width - sizes)[:, None]  # where each row's own tokens begin
+        mask = torch.arange(width) >= start
         ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
-        cont_mask = torch.zeros_like(ids)
-        pos = torch.zeros_like(ids)
-        for r, seq in enumerate(conts):
-            n = len(seq)
-            # Left padding inside the continuation keeps every row's last token at the last position.
-            ids[r, width - n:] = torch.tensor(seq)
-            cont_mask[r, width - n:] = 1
-            pos[r, width - n:] = torch.arange(int(lengths[r]), int(lengths[r]) + n)
+        ids[mask] = torch.tensor([t for seq in conts for t in seq], dtype=torch.long)
+        positions = torch.where(mask, lengths[:, None] + torch.arange(width) - start, 0)
+        return ids, mask.long(), positions
+
+    def _score_continuations(self, prompts, sentences, prefix: _Prefix) -> torch.Tensor:
+        """(P, E, V) for a block of prompts on one example chunk, in one forward pass."""
+        E = len(sentences)
+        ids, cont_mask, pos = self.continuation_batch(prompts, sentences, prefix.lengths)
         index = torch.arange(E).repeat(len(prompts))
         cache = copy.copy(prefix.cache)
         cache.layers = [copy.copy(layer) for layer in prefix.cache.layers]
@@ -299,7 +311,7 @@ class CachedScorer(_BaseScorer):
             position_ids=pos.to(self.device), use_cache=True, **cache_kwargs(self.model.base_model, cache),
         ).last_hidden_state[:, -1]  # (rows, d): only the last position goes through the head
         logits = lm_logits(self.model, hidden)
-        self.pairs_scored += len(conts)
+        self.pairs_scored += len(ids)
         return self._verbalizer_logprobs(logits).view(len(prompts), E, -1)
 
 

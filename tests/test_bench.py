@@ -22,3 +22,4 @@ def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
     for dtype in dtypes.split(","):
         assert result[f"cached_{dtype}_pairs_per_s"] > 0 and f"max_abs_diff_{dtype}" in result
     assert ("bf16_label_agreement" in result) == ("fp32" in dtypes)
+    assert result["host_ms_per_call"] > 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples
-from rlprompt.scorer import CachedScorer, NaiveScorer, build_scorer, right_pad
+from rlprompt.scorer import CachedScorer, NaiveScorer, PromptEncoder, build_scorer, right_pad
 from rlprompt.tasks import Example, load_task
 
 SENTENCES = [
@@ -44,6 +44,14 @@ def test_cached_equals_naive_on_tiny_lm(tiny_lm, template):
     # full-vocabulary log-probs: the two verbalizers hold less than all the mass
     assert (got.logsumexp(-1) < 0).all()
     assert cached.pairs_scored == naive.pairs_scored == len(PROMPTS) * len(SENTENCES)
+
+
+@pytest.mark.parametrize("template", TEMPLATES + ["Q: {prompt} A: {sentence} so it was"])
+def test_batched_continuations_equal_pair_by_pair(smol_tokenizer, template):
+    encoder = PromptEncoder(smol_tokenizer, template)
+    sentences = SENTENCES + ["ends in a space ", ""]  # the gap before the prompt can depend on the sentence
+    one_by_one = [encoder.encode_continuation(p, s) for p in PROMPTS for s in sentences]
+    assert encoder.encode_continuations(PROMPTS, sentences) == one_by_one
 
 
 def test_prompts_of_different_lengths_in_one_batch_match_alone(tiny_lm):
