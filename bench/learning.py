@@ -11,7 +11,7 @@ eval set (its --test file: SST-2's full/dev.tsv for `--eval-set full-dev` labels
 
 "Learns" means final greedy >= early best on the eval set. One JSON per run goes to
 bench/results/learning/<label>/<task>__<seed>.json (a finished one is not redone); the summary over
-runs is printed as JSON.
+runs is printed as JSON. Runs whose folders are gone (e.g. made on a lent GPU) count through their JSONs.
 
 --curves also scores the greedy prompt of every dev check (every --eval-every steps, from the run's
 history) on the eval set, adds `greedy_curve` ([step, accuracy] pairs) to each run's JSON and draws
@@ -28,7 +28,7 @@ from pathlib import Path
 from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
-from rlprompt.runs import cached_json, finished_runs
+from rlprompt.runs import per_run_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,16 +124,17 @@ def main(argv=None) -> int:
     out = Path(args.results) / args.label
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in finished_runs(Path(args.runs_dir) / args.label):
-        path = out / f"{run.name}.json"
-        row, made = cached_json(path, lambda run=run: analyse(run, args.early_steps))
+    for name, row, run, made in per_run_results(out, Path(args.runs_dir) / args.label,
+                                                lambda run: analyse(run, args.early_steps)):
         if made:
-            print(f"[{run.name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
+            print(f"[{name}] early best {100 * row['early_best']['eval_acc']:.1f}, final greedy "
                   f"{100 * row['final_greedy']['eval_acc']:.1f}, chosen {100 * row['chosen']['eval_acc']:.1f}, "
                   f"train+dev pick {100 * row['train_dev_pick']['eval_acc']:.1f}", file=sys.stderr)
         if args.curves and "greedy_curve" not in row:
+            if run is None:
+                raise UserError(f"--curves: {out / name}.json has no greedy curve and its run folder is gone")
             row["greedy_curve"] = greedy_curve(run)
-            atomic_write_text(path, json.dumps(row, indent=2, ensure_ascii=False) + "\n")
+            atomic_write_text(out / f"{name}.json", json.dumps(row, indent=2, ensure_ascii=False) + "\n")
         rows.append(row)
 
     def mean(key):

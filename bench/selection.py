@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
-from rlprompt.runs import cached_json, finished_runs
+from rlprompt.runs import per_run_results
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("dev", "dev-reward", "train+dev", "train+dev-reward", "last-greedy", "pool-train+dev-reward", "oracle")
@@ -120,19 +120,13 @@ def main(argv=None) -> int:
     for label in [x for x in args.labels.split(",") if x]:
         out = Path(args.results) / label
         out.mkdir(parents=True, exist_ok=True)
-        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*__*.json"))]
-        folder = Path(args.runs_dir) / label
-        if folder.is_dir() or not runs:
-            done = {Path(run["run"]).name for run in runs}
-            for run_dir in finished_runs(folder):
-                if run_dir.name in done:
-                    continue
-                run, _ = cached_json(out / f"{run_dir.name}.json",
-                                     lambda run_dir=run_dir: score_candidates(run_dir, args.pool))
-                print(f"[{label}/{run_dir.name}] {len(run['candidates'])} candidates: "
+        runs = []
+        for name, run, _, made in per_run_results(out, Path(args.runs_dir) / label,
+                                                  lambda run_dir: score_candidates(run_dir, args.pool)):
+            if made:
+                print(f"[{label}/{name}] {len(run['candidates'])} candidates: "
                       + ", ".join(f"{rule} {100 * pick(run, rule)['eval_acc']:.1f}" for rule in RULES), file=sys.stderr)
-                runs.append(run)
-        runs.sort(key=lambda run: Path(run["run"]).name)
+            runs.append(run)
         doc["labels"][label] = {"runs": len(runs), "rules": summarize(runs)}
     Path(args.results).mkdir(parents=True, exist_ok=True)
     (Path(args.results) / "selection.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

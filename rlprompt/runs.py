@@ -167,6 +167,23 @@ def cached_json(path: Path, make) -> tuple[dict, bool]:
     return doc, True
 
 
+def per_run_results(results: Path, runs_folder: Path, make):
+    """(name, result, run folder or None, made now) for each run, sorted by name: every
+    `results/<task>__<seed>.json` read back, and every finished run in `runs_folder` without one
+    analysed by `make(run_dir)` and written there. Results whose run folders are gone (for example,
+    runs made on a lent machine) still count."""
+    results = Path(results)
+    found = {p.stem: (json.loads(p.read_text(encoding="utf-8")), None, False) for p in results.glob("*__*.json")}
+    if Path(runs_folder).is_dir() or not found:
+        for run_dir in finished_runs(runs_folder):
+            if run_dir.name in found:
+                found[run_dir.name] = (found[run_dir.name][0], run_dir, False)
+            else:
+                doc, _ = cached_json(results / f"{run_dir.name}.json", lambda: make(run_dir))
+                found[run_dir.name] = (doc, run_dir, True)
+    return [(name, *found[name]) for name in sorted(found)]
+
+
 def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict | None = None) -> dict:
     """Write prompts.json, summary.json, history.json, the curves PNG and report.md with dev figures,
     then score the best prompts (and the baselines) on test and write them again with test figures.

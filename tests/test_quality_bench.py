@@ -117,6 +117,11 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert with_curve["greedy_curve"][-1][1] == row["final_greedy"]["eval_acc"]  # the last check is the final greedy
     assert {k: v for k, v in with_curve.items() if k != "greedy_curve"} == row  # the rest is read back, not redone
     assert (tmp_path / "learning" / "smoke" / "greedy_curves.png").stat().st_size > 10_000
+    gone = subprocess.run([sys.executable, str(REPO / "bench" / "learning.py"), "--label", "smoke", "--runs-dir",
+                           str(tmp_path / "elsewhere"), "--results", str(tmp_path / "learning"), "--curves"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert gone.returncode == 0, gone.stderr[-2000:]  # read back: its run folders are elsewhere
+    assert json.loads(gone.stdout)["per_run"] == json.loads(curves.stdout)["per_run"]
 
     selection = subprocess.run([sys.executable, str(REPO / "bench" / "selection.py"), "--labels", "smoke", "--runs-dir",
                                 str(tmp_path / "runs"), "--results", str(tmp_path / "selection"), "--pool", "2"],
