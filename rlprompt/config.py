@@ -97,7 +97,9 @@ class TrainConfig(TaskArgs):
     reward_on: str = _f("train", "labelled examples the reward scores: train (dev stays held out for the dev checks "
                         "and the final pick) or train+dev (twice the examples to fit; the dev checks then score "
                         "examples the policy was trained on)")
-    top_prompts: int = _f(5, "prompts kept in prompts.json; the best 3 are scored on test")
+    top_prompts: int = _f(5, "prompts kept in prompts.json")
+    test_prompts: int = _f(1, "how many of the best prompts are scored on test: 1, the chosen one (default), "
+                           "up to --top-prompts; evaluate.py --run scores more later")
     init_prompt: str | None = _f(None, "warm start: bias the first samples toward this prompt")
     init_steps: int = _f(20, "steps over which the --init-prompt bias decays to zero")
     policy_start: str | None = _f(None, "text the policy starts writing after (default <|endoftext|>)")
@@ -173,6 +175,7 @@ NUMBER_RULES = {
     "eval_every": (1, None, "at least 1"),
     "patience": (0, None, "zero (never stop early) or more"),
     "top_prompts": (1, None, "at least 1"),
+    "test_prompts": (1, None, "at least 1 (--skip-test scores none)"),
     "init_steps": (0, None, "zero or more"),
     "checkpoint_every": (1, None, "at least 1"),
     "checkpoint_every_s": (1e-300, None, "a positive number of seconds"),

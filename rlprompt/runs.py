@@ -214,14 +214,15 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
         return summary
     from rlprompt.evaluation import evaluate_prompts
 
-    texts = list(dict.fromkeys(r.prompt for r in best[:3]))
+    tested = best[:cfg.test_prompts]  # the chosen prompt first: test is for what was picked on dev
+    texts = list(dict.fromkeys(r.prompt for r in tested))
     with sigterm_as_interrupt():
         test = {row["prompt"]: row["accuracy"] for row in
                 evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective
         lap("test_prompts")
         rows = baselines.rows({"dev": task.dev, "test": task.test}) if baselines else []
         lap("test_baselines")
-    for r in best[:3]:
+    for r in tested:
         r.test_acc = test[r.prompt]
     return write_run_outputs(cfg, book, task, scorer, run_dir, best, rows, phases)
 

@@ -70,6 +70,8 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert "--test" in result["command"] and result["method_args"] == flags[1:]
     assert {"no prompt", "manual prompt"} <= set(result["baselines"])
     assert result["rl"]["test_acc"] is not None and result["pairs_scored"] > 0
+    ranked = json.loads((tmp_path / "runs" / "smoke" / "sst2__13" / "prompts.json").read_text())
+    assert [r["test_acc"] is not None for r in ranked] == [True] + [False] * (len(ranked) - 1)  # test: the chosen one
     doc = json.loads(proc.stdout[:proc.stdout.index("\n}\n") + 2])
     t = doc["tasks"]["sst2"]
     assert t["rl"]["per_seed"]["13"] == result["rl"]["test_acc"] and t["rl"]["n"] == 1
