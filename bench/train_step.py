@@ -1,6 +1,6 @@
 """Seconds per training step, split into policy sampling, scoring and the update; one JSON line.
 
-    python bench/train_step.py [--steps 6] [--task sst2] [--task-dtype bf16]
+    python bench/train_step.py [--steps 6] [--task sst2] [--task-dtype bf16] [--template TEXT_OR_NAME]
 
 Embedded SmolLM2 as policy and task LM, 16 prompts × 32 SST-2 train examples by default. The
 first step (prefix KV computation, kernel warm-up) is reported apart; the medians cover the rest.
@@ -29,10 +29,11 @@ def main() -> None:
     parser.add_argument("--task-dtype", default="bf16")
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--template", help="the task's template instead of the preset's (a text or a name)")
     args = parser.parse_args()
     quiet_transformers()
     cfg = TrainConfig(task=args.task, task_dtype=args.task_dtype, prompts_per_step=args.prompts_per_step,
-                      steps=args.steps, device=args.device)
+                      steps=args.steps, device=args.device, template=args.template)
     seed_everything(cfg.seed)
     _, task = load_run_task(cfg, None)
     scorer, policy, train_env, dev_env = build(cfg, task)
@@ -43,7 +44,7 @@ def main() -> None:
         trainer.book.step += 1
     keys = {"sample_s": "time/sample_s", "score_s": "time/score_s", "update_s": "time/update_s"}
     rest = rows[1:] or rows
-    out = {"bench": "train_step", "task": cfg.task, "prompts": cfg.prompts_per_step,
+    out = {"bench": "train_step", "task": cfg.task, "template": task.template, "prompts": cfg.prompts_per_step,
            "examples": len(task.train), "task_dtype": cfg.task_dtype, "steps": args.steps,
            "first_step": {k: round(rows[0][v], 3) for k, v in keys.items()},
            **{f"median_{k}": round(statistics.median(r[v] for r in rest), 3) for k, v in keys.items()},

@@ -23,3 +23,17 @@ def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
         assert result[f"cached_{dtype}_pairs_per_s"] > 0 and f"max_abs_diff_{dtype}" in result
     assert ("bf16_label_agreement" in result) == ("fp32" in dtypes)
     assert result["host_ms_per_call"] > 0
+
+
+def test_position_bench_scores_every_prompt_after_and_before_the_input(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "position.json"
+    proc = subprocess.run([sys.executable, "bench/position.py", "--limit", "4", "--task-model", str(tiny_model_dir),
+                           "--dtype", "fp32", "--data-dir", str(data_dir), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["n"] == 4 and doc["prompts"][0] == ""
+    assert doc["templates"]["before"]["template"] == "{prompt}\nReview: {sentence}\nSentiment:"
+    for row in doc["templates"].values():
+        assert len(row["none"]) == len(row["batch"]) == len(doc["prompts"])
+        assert all(0 <= acc <= 100 and acc % 25 == 0 for acc in row["none"] + row["batch"])  # 4 examples
