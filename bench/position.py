@@ -8,8 +8,9 @@ SST-2's `Review: {sentence}\\n{prompt}\\nSentiment:` becomes `{prompt}\\nReview:
 Every prompt is scored once per template; the batch-calibrated accuracies reuse those scores (the
 calibration vectors come from the seed's unlabeled train inputs, as train.py's). The eval set is SST-2's
 full/dev.tsv (not test); --limit takes a fixed random subset of it (shuffled with seed 0).
-This is a probe of the baselines only: the RL search in the "before" position is ~20x the scoring cost per
-step on a CPU, because every token of the input then follows the prompt and no prefix can be cached.
+This is a probe of the baselines only: an RL step in the "before" position scores ~8x slower on a CPU
+(bench/results/speed/train_step_cpu_prompt_*.json: 24.8 s against 3.2 s for 16 prompts x 32 examples),
+because every token of the input then follows the prompt and no prefix can be cached.
 """
 
 from __future__ import annotations
