@@ -269,7 +269,7 @@ def run(argv=None) -> int:
           f"template {task.template!r} | verbalizers {task.verbalizers}")
 
     from rlprompt.baselines import Baselines, calibration_modes
-    from rlprompt.calibration import calibrated
+    from rlprompt.calibration import calibrated, unlabeled_inputs
 
     texts = [p for _, p in prompts]
     scorer.check_fits(texts + [""], [e.text for s in splits for e in data[s]])
@@ -277,7 +277,7 @@ def run(argv=None) -> int:
     rows = [{"source": b.pop("name"), "baseline": True, **b,
              **{f"{s}_n": len(data[s]) for s in splits}}
             for b in baselines.rows(data)]
-    scoring = calibrated(scorer, mode, [e.text for e in task.train], vectors)
+    scoring = calibrated(scorer, mode, unlabeled_inputs(task.train), vectors)
     prompt_rows = [{"source": source, "prompt": p, "calibration": {"mode": "none"}} for source, p in prompts]
     for s in splits:
         for row, res in zip(prompt_rows, evaluate_prompts(scoring, texts, data[s], desc=s)):

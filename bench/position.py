@@ -22,7 +22,7 @@ import sys
 import time
 
 from rlprompt.baselines import manual_candidates
-from rlprompt.calibration import calibrated
+from rlprompt.calibration import calibrated, unlabeled_inputs
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.evaluation import evaluate_prompts
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         raw = build_scorer(model, tok, template, task.verbalizers)
         row = {"template": template}
         for mode in ("none", "batch"):
-            scorer = calibrated(raw, mode, [e.text for e in task.train])  # batch reuses raw's memoized scores
+            scorer = calibrated(raw, mode, unlabeled_inputs(task.train))  # batch reuses raw's memoized scores
             row[mode] = [round(100 * r["accuracy"], 1)
                          for r in evaluate_prompts(scorer, prompts, examples, progress=False)]
         row["seconds"] = round(time.perf_counter() - start, 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from rlprompt.calibration import apply, estimate
+from rlprompt.calibration import apply, estimate, unlabeled_inputs
 from rlprompt.errors import UserError
 from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.scorer import PromptEncoder
@@ -88,7 +88,7 @@ class Baselines:
     def __init__(self, scorer, task: Task, seed: int, modes: Sequence[str] = ("batch",), k: int = K_SHOT,
                  progress: bool = False):
         self.scorer, self.task, self.seed, self.modes, self.progress = scorer, task, seed, list(modes), progress
-        self.unlabeled = [e.text for e in task.train]
+        self.unlabeled = unlabeled_inputs(task.train)
         self.demos = pick_demos(task.train, k, seed) if k else []
         self._demo_scorer = None
         self._manual: dict[str, str] = {}

@@ -21,7 +21,7 @@ def build(cfg: TrainConfig, task, task_lm=None):
 def build_task_scorer(cfg: TrainConfig, task, task_lm=None):
     """The config's task-LM scorer for `task`: its template, verbalizers, precision and calibration (the
     vector estimated on the task's unlabeled train inputs); sharded under `accelerate launch`."""
-    from rlprompt.calibration import calibrated
+    from rlprompt.calibration import calibrated, unlabeled_inputs
     from rlprompt.distributed import ShardedScorer, process_device, world_size
     from rlprompt.models import load_lm
     from rlprompt.scorer import build_scorer
@@ -31,7 +31,7 @@ def build_task_scorer(cfg: TrainConfig, task, task_lm=None):
     scorer = build_scorer(task_model, task_tok, task.template, task.verbalizers)
     if world_size() > 1:  # under `accelerate launch`: each process scores its share of the examples
         scorer = ShardedScorer(scorer)
-    return calibrated(scorer, cfg.calibration, [e.text for e in task.train])  # the reward's and dev's
+    return calibrated(scorer, cfg.calibration, unlabeled_inputs(task.train))  # the reward's and dev's
 
 
 def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, task):

@@ -25,6 +25,7 @@ from rlprompt.errors import UserError
 
 MODES = ("none", "batch", "contextual")
 CONTENT_FREE = ("N/A", "", "[MASK]")
+MAX_UNLABELED = 128  # batch calibration's estimation set: a fixed sample when the train split is larger
 
 
 def check_mode(mode: str) -> str:
@@ -42,6 +43,17 @@ def normalize(logprobs: torch.Tensor) -> torch.Tensor:
 def apply(logprobs: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """(P, E, V) verbalizer log-probs and (P, V) vectors -> (P, E, V) calibrated log-probs."""
     return normalize(logprobs) - vectors.float()[:, None, :]
+
+
+def unlabeled_inputs(examples: Sequence, limit: int = MAX_UNLABELED, seed: int = 0) -> list[str]:
+    """Batch calibration's estimation inputs: the texts of `examples`, all of them in file order when
+    there are at most `limit`, else a fixed seeded sample of `limit` kept in file order (each new
+    prompt's vector costs `limit` scored pairs, whatever the size of the train file)."""
+    texts = [e.text for e in examples]
+    if len(texts) <= limit:
+        return texts
+    keep = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return [texts[i] for i in keep.tolist()]
 
 
 def content_free_inputs(scorer) -> list[str]:

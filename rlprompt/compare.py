@@ -72,7 +72,7 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
     """Run each method under `budget` pairs; write comparison.{json,md,png} to `out_dir` after each one.
     With a `calibration` mode every method scores calibrated log-probs (vectors from the unlabeled train
     inputs; their own pairs are not charged to the budget)."""
-    from rlprompt.calibration import calibrated
+    from rlprompt.calibration import calibrated, unlabeled_inputs
     from rlprompt.scorer import build_scorer
     from rlprompt.checkpoint import seed_everything
 
@@ -83,7 +83,7 @@ def run_comparison(task, task_model, task_tokenizer, methods: list[str], budget:
         if out_dir is not None:
             opts["out_dir"] = str(Path(out_dir) / name)
         scorer = calibrated(build_scorer(task_model, task_tokenizer, task.template, task.verbalizers),
-                            calibration, [e.text for e in task.train])
+                            calibration, unlabeled_inputs(task.train))
         ctx = MethodContext(task=task, task_model=task_model, task_tokenizer=task_tokenizer, scorer=scorer,
                             pair_budget=budget, seed=seed, policy_model=policy_model, device=device, options=opts)
         seed_everything(seed)

@@ -14,7 +14,7 @@ import torch
 
 import evaluate
 from rlprompt.baselines import Baselines, demo_template, manual_candidates, pick_demos, strongest
-from rlprompt.calibration import CalibratedScorer, apply, check_mode, estimate, saved_vectors
+from rlprompt.calibration import CalibratedScorer, apply, check_mode, estimate, saved_vectors, unlabeled_inputs
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError
 from rlprompt.tasks import Example, Task
@@ -49,6 +49,19 @@ def test_batch_vector_is_the_mean_log_softmax_and_removes_the_bias():
     assert torch.allclose(vec, torch.log_softmax(raw, -1).mean(1))
     assert raw.argmax(-1).tolist() == [[1, 1, 1, 1]]  # biased: always class 1
     assert apply(raw, vec).argmax(-1).tolist() == [[1, 0, 1, 0]]  # calibrated: follows the input
+
+
+def test_batch_calibration_samples_a_large_train_split_once_and_keeps_small_ones_whole():
+    small = [Example(f"s{i}", i % 2) for i in range(32)]
+    assert unlabeled_inputs(small) == [e.text for e in small]  # the presets: every train input, in order
+    large = [Example(f"t{i}", i % 2) for i in range(10_000)]
+    sample = unlabeled_inputs(large, limit=128)
+    assert len(set(sample)) == 128 and sample == unlabeled_inputs(large, limit=128)  # fixed: the same each call
+    assert sorted(sample, key=lambda t: int(t[1:])) == sample  # file order
+    assert sample != [e.text for e in large[:128]]  # a sample across the file, not its head
+    scorer = CalibratedScorer(BiasedScorer(), "batch", sample)
+    scorer.score(["p"], ["pos z"])
+    assert scorer.pairs_scored == 1 + 128  # a new prompt's vector costs the sample, not the 10,000
 
 
 def test_contextual_vector_comes_from_content_free_inputs():
