@@ -110,10 +110,12 @@ class CalibratedScorer:
     has vector ≈ (log 0.1, log 0.9), so an input at exactly that bias scores as a tie.
     """
 
-    def __init__(self, scorer, mode: str, unlabeled: Sequence[str], vectors: dict[str, list[float]] | None = None):
+    def __init__(self, scorer, mode: str, unlabeled: Sequence[str], vectors: dict[str, list[float]] | None = None,
+                 per_call: bool = False):
         self.scorer = scorer
         self.mode = check_mode(mode)
         self.unlabeled = list(unlabeled)
+        self.per_call = per_call and self.mode == "batch"
         self._vectors: dict[str, torch.Tensor] = {p: torch.tensor(v, dtype=torch.float32)
                                                   for p, v in (vectors or {}).items()}
 
@@ -133,9 +135,18 @@ class CalibratedScorer:
 
     def around(self, scorer) -> "CalibratedScorer":
         """The same calibration (mode, unlabeled inputs, the vectors known so far) around another scorer."""
-        other = CalibratedScorer(scorer, self.mode, self.unlabeled)
+        other = CalibratedScorer(scorer, self.mode, self.unlabeled, per_call=self.per_call)
         other._vectors = dict(self._vectors)
         return other
+
+    def per_call_view(self) -> "CalibratedScorer":
+        """The same scorer calibrating each `score` call on that call's own inputs (batch mode: the mean
+        over the inputs being scored, Batch Calibration as first proposed), at no extra pairs: the reward
+        of a large train file, whose fresh mini-batch each step would otherwise need a vector per new
+        prompt from the estimation sample. Its vectors are shared with this scorer but never written."""
+        view = CalibratedScorer(self.scorer, self.mode, self.unlabeled, per_call=True)
+        view._vectors = self._vectors
+        return view
 
     def vectors(self, prompts: Sequence[str]) -> torch.Tensor:
         """(P, V) vectors of `prompts`, estimated once per prompt (or saved) and remembered."""
@@ -151,6 +162,8 @@ class CalibratedScorer:
         """(P, E, V) calibrated log-probs."""
         prompts, sentences = list(prompts), list(sentences)
         logprobs = self.scorer.score(prompts, sentences)
+        if self.per_call:
+            return apply(logprobs, normalize(logprobs).mean(1))
         if self.mode == "batch" and sentences == self.unlabeled:  # the estimation set itself: no rescoring
             for p, v in zip(prompts, normalize(logprobs).mean(1)):
                 self._vectors.setdefault(p, v)

@@ -64,6 +64,28 @@ def test_batch_calibration_samples_a_large_train_split_once_and_keeps_small_ones
     assert scorer.pairs_scored == 1 + 128  # a new prompt's vector costs the sample, not the 10,000
 
 
+def test_per_call_view_calibrates_each_call_on_its_own_inputs_at_no_extra_pairs():
+    from types import SimpleNamespace
+
+    from rlprompt.build import reward_scorer
+
+    inner = BiasedScorer()
+    scorer = CalibratedScorer(inner, "batch", UNLABELED)
+    view = scorer.per_call_view()
+    batch = ["pos q", "neg r", "neg s", "neg t"]
+    out = view.score(["p"], batch)
+    assert inner.pairs_scored == 4  # no estimation pass on UNLABELED
+    raw = torch.log_softmax(inner.score(["p"], batch), -1)
+    assert torch.allclose(out, raw - raw.mean(1, keepdim=True))
+    assert scorer._vectors == {}  # the view never writes the shared vectors
+    cfg = SimpleNamespace(reward_on="train", train_batch=32)
+    small = SimpleNamespace(train=[Example("x", 0)] * 32, dev=[])
+    large = SimpleNamespace(train=[Example("x", 0)] * 1000, dev=[])
+    assert reward_scorer(cfg, scorer, small) is scorer  # the presets: the train split is the estimation set
+    assert reward_scorer(cfg, scorer, large).per_call
+    assert reward_scorer(cfg, inner, large) is inner  # uncalibrated: nothing to do
+
+
 def test_contextual_vector_comes_from_content_free_inputs():
     scorer = BiasedScorer()
     vec = estimate(scorer, "contextual", ["p"], UNLABELED)
