@@ -25,6 +25,8 @@ before the next one starts.
 
 `--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
 to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
+`--learning` (full-dev only) runs `bench/learning.py` on the label after each run, so its per-run JSON
+(final greedy prompt against the best of the early steps) is made while the run folder exists.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--data-dir", help="few-shot data folder (passed on to the method)")
     p.add_argument("--baselines-from", metavar="LABEL", help="take the baselines from this label's results "
                    "for the same (task, seed) instead of scoring them again (train.py --no-baselines)")
+    p.add_argument("--learning", action="store_true", help="after each run, bench/learning.py on the label (final "
+                   "greedy vs early best; --eval-set full-dev only): its per-run JSON lands with the result")
     p.add_argument("--command", help="the method as a command line with {task}, {seed}, {out} (and {data_dir}, "
                    "{test}) filled in; it must write {out}/summary.json as train.py does (default: train.py)")
     args = p.parse_args(argv)
@@ -79,6 +83,8 @@ def parse_args(argv):
         raise UserError(f"--seeds {args.seeds!r}: give comma-separated integers") from None
     if not args.tasks or not args.seeds:
         raise UserError("give at least one task (--tasks) and one seed (--seeds)")
+    if args.learning and args.eval_set != "full-dev":
+        raise UserError("--learning compares prompts on the validation set: use it with --eval-set full-dev")
     if args.eval_set == "full-dev":
         missing = [t for t in args.tasks if t not in FULL_DEV]
         if missing:
@@ -234,7 +240,20 @@ def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+    if args.learning:
+        learning(args)
     return result
+
+
+def learning(args) -> None:
+    """bench/learning.py on the label's finished runs (those analysed before are skipped); its JSONs go
+    next to this bench's results, so they survive the run folders."""
+    cmd = [sys.executable, str(REPO / "bench" / "learning.py"), "--label", args.label, "--runs-dir", args.runs_dir,
+           "--results", str(Path(args.results).parent / "learning")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"bench/learning.py --label {args.label} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
 def mean_std(values: list) -> dict:

@@ -88,8 +88,11 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert len(other.stderr.strip().splitlines()) == 1
 
     borrow = [a if a != "smoke" else "ablation" for a in common] + ["--baselines-from", "smoke"]
-    proc = bench(borrow + flags + ["--lr", "1e-4"], tmp_path)  # an ablation reuses smoke's baselines
+    proc = bench(borrow + ["--learning"] + flags + ["--lr", "1e-4"], tmp_path)  # an ablation reuses smoke's baselines
     assert proc.returncode == 0, proc.stderr[-2000:]
+    learned = json.loads((tmp_path / "learning" / "ablation" / "sst2__13.json").read_text())  # --learning: analysed
+    assert learned["chosen"]["eval_acc"] == json.loads((tmp_path / "results" / "ablation" / "sst2__13.json")
+                                                       .read_text())["rl"]["test_acc"]
     ablation = json.loads((tmp_path / "results" / "ablation" / "sst2__13.json").read_text())
     assert "--no-baselines" in ablation["command"] and ablation["baselines_from"] == "smoke"
     assert ablation["baselines"] == result["baselines"]
@@ -154,6 +157,8 @@ def test_quality_bench_bad_settings_fail_in_one_line(tmp_path):
     proc = bench(["--label", "x", "--tasks", "mr", "--eval-set", "full-dev"], tmp_path)
     assert proc.returncode == 2 and "full-dev exists for sst2 only" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = bench(["--label", "x", "--tasks", "sst2", "--learning"], tmp_path)
+    assert proc.returncode == 2 and "--eval-set full-dev" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 FAKE_METHOD = """
