@@ -18,6 +18,7 @@ def _f(default, help: str, **kw):
 
 TRAINERS = ("reinforce", "sql", "trl-grpo")
 ADVANTAGES = ("zscore", "running")
+OPTIMIZERS = ("adam", "sgd")
 SELECTIONS = ("dev", "train+dev")
 REWARD_ON = ("train", "train+dev")
 
@@ -66,7 +67,10 @@ class TrainConfig(TaskArgs):
     prompt_length: int = _f(5, "tokens per prompt")
     steps: int = _f(240, "policy-gradient steps (the budget)")
     prompts_per_step: int = _f(16, "prompts sampled and scored per step")
-    lr: float = _f(3e-5, "Adam learning rate of the adaptor")
+    lr: float = _f(3e-5, "learning rate of the adaptor (--optimizer)")
+    optimizer: str = _f("adam", "the adaptor's optimizer: adam, or sgd (plain gradient descent: a step's size "
+                        "follows its gradient, where Adam's is about --lr per weight however small the "
+                        "advantages; pair it with a larger --max-grad-norm, as clipping at 1 fixes the size too)")
     top_k: int = _f(256, "top-k sampling while training")
     entropy_coef: float = _f(0.01, "entropy bonus weight (with --entropy-target: its starting and lowest value)")
     entropy_target: float = _f(0.0, "hold the sampling entropy near this many nats per token with an adaptive "
@@ -139,6 +143,8 @@ class TrainConfig(TaskArgs):
         check_mode(self.calibration)
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown --trainer {self.trainer!r}; use {', '.join(TRAINERS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown --optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.advantage not in ADVANTAGES:
             raise UserError(f"unknown --advantage {self.advantage!r}; use {' or '.join(ADVANTAGES)}")
         if self.selection not in SELECTIONS:
@@ -205,3 +211,4 @@ def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
             continue
         kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(flag, type=kind, default=f.default, help=help_)
+

@@ -16,6 +16,11 @@ from rlprompt.minibatch import TrainBatches
 from rlprompt.objectives import make_objective
 
 
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """The adaptor's optimizer of --optimizer at --lr."""
+    return (torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam)(params, lr=cfg.lr)
+
+
 class Trainer:
     """The training loop: sample prompts, score them in the env, minimize the objective of --trainer
     (`rlprompt.objectives`: REINFORCE with a z-scored reward, entropy and KL terms, or soft Q-learning).
@@ -35,7 +40,7 @@ class Trainer:
         self.cfg = cfg
         self.policy = policy
         self.train_env = train_env
-        self.optimizer = torch.optim.Adam(policy.adaptor.parameters(), lr=cfg.lr)
+        self.optimizer = make_optimizer(cfg, policy.adaptor.parameters())
         self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
         self.train_batches = TrainBatches(train_env.examples, cfg.train_batch, cfg.seed)

@@ -43,6 +43,7 @@ from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.checkpoint import rng_state, set_rng_state
 from rlprompt.distributed import unwrap_scorer, world_size
 from rlprompt.errors import UserError
+from rlprompt.trainer import make_optimizer
 
 
 @contextlib.contextmanager
@@ -191,7 +192,7 @@ class GRPOPromptTrainer:
         self.cfg = cfg
         self.policy = policy
         self.run_dir = Path(run_dir)
-        self.optimizer = torch.optim.Adam(policy.adaptor.parameters(), lr=cfg.lr)
+        self.optimizer = make_optimizer(cfg, policy.adaptor.parameters())
         self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)  # saved, for resume
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
         self.reward_fn = GroupReward(train_env, self.book)

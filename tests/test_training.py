@@ -94,9 +94,9 @@ def test_batched_env_scores_the_whole_batch_in_one_call_and_matches_the_single_e
 
 
 def toy_trainer(tokenizer, tmp_path, steps, seed=0, scorer=None, **overrides):
-    for name, value in {"prompts_per_step": 8, "kl_coef": 0.0, "entropy_coef": 0.0}.items():
+    for name, value in {"prompts_per_step": 8, "kl_coef": 0.0, "entropy_coef": 0.0, "lr": 3e-3}.items():
         overrides.setdefault(name, value)
-    cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, lr=3e-3, eval_every=5, patience=0,
+    cfg = TrainConfig(steps=steps, prompt_length=3, top_k=64, eval_every=5, patience=0,
                       checkpoint_every=5, adaptor_hidden=64, seed=seed, **overrides)
     torch.manual_seed(seed)
     policy = PromptPolicy(fresh_tiny_lm(tokenizer, seed), tokenizer, cfg.prompt_length, cfg.top_k,
@@ -262,6 +262,20 @@ def test_running_advantage_raises_the_reward_on_the_toy_task_and_resumes_exactly
     assert [h["charts/reward_mean"] for h in second.book.history] == [h["charts/reward_mean"] for h in full.book.history]
     with pytest.raises(UserError, match="unknown --advantage 'rank'"):
         TrainConfig(advantage="rank")
+
+
+def test_sgd_optimizer_raises_the_reward_on_the_toy_task(smol_tokenizer, tmp_path):
+    from rlprompt.trainer import make_optimizer
+
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=40, prompts_per_step=16, optimizer="sgd", lr=0.5,
+                          advantage="running")
+    assert type(trainer.optimizer) is torch.optim.SGD and trainer.optimizer.defaults["lr"] == 0.5
+    trainer.run(progress=False)
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 20, rewards
+    assert type(make_optimizer(TrainConfig(), trainer.policy.adaptor.parameters())) is torch.optim.Adam  # the default
+    with pytest.raises(UserError, match="unknown --optimizer 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
 
 
 def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
