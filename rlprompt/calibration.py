@@ -49,11 +49,9 @@ def unlabeled_inputs(examples: Sequence, limit: int = MAX_UNLABELED, seed: int =
     """Batch calibration's estimation inputs: the texts of `examples`, all of them in file order when
     there are at most `limit`, else a fixed seeded sample of `limit` kept in file order (each new
     prompt's vector costs `limit` scored pairs, whatever the size of the train file)."""
-    texts = [e.text for e in examples]
-    if len(texts) <= limit:
-        return texts
-    keep = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    return [texts[i] for i in keep.tolist()]
+    from rlprompt.minibatch import fixed_sample
+
+    return [e.text for e in fixed_sample(examples, limit, seed)]
 
 
 def content_free_inputs(scorer) -> list[str]:

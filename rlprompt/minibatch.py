@@ -33,3 +33,14 @@ class TrainBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def fixed_sample(items: list, limit: int, seed: int = 0) -> list:
+    """`items` itself when there are at most `limit`, else a fixed seeded sample of `limit` of them kept
+    in file order: what a one-off estimate on a train file (calibration, the template search) scores,
+    so its cost does not grow with the file."""
+    items = list(items)
+    if len(items) <= limit:
+        return items
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return [items[i] for i in keep.tolist()]

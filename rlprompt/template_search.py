@@ -35,6 +35,7 @@ SYNONYMS = {  # written label words per (lower-cased) label name; only the singl
     "business": ["business", "economy", "finance", "money"],
     "sci/tech": ["tech", "science", "technology", "computer"],
 }
+SEARCH_EXAMPLES = 512  # train+dev examples a run's search scores: a fixed sample of a larger data file
 MAX_COMBINATIONS = 20_000  # verbalizer combinations ranked per template; the candidates are pruned above it
 
 
@@ -213,12 +214,15 @@ def wanted(cfg) -> tuple[bool, bool]:
 
 
 def choose_for_task(task, model, tokenizer, templates: bool, verbalizers: bool):
-    """(template, verbalizers, ranked candidates) picked on the task's train+dev with no prompt;
-    what is not searched stays the task's own."""
+    """(template, verbalizers, ranked candidates) picked on the task's train+dev with no prompt (a fixed
+    sample of SEARCH_EXAMPLES of them when there are more); what is not searched stays the task's own."""
+    from rlprompt.minibatch import fixed_sample
+
     template_list = list(dict.fromkeys([task.template] + (list(NAMED_TEMPLATES.values()) if templates else [])))
     given_words = [[w] for w in task.verbalizers]
     words = candidate_words(model, tokenizer, task.label_names, task.verbalizers) if verbalizers else given_words
-    rows = search(model, tokenizer, [task.train + task.dev], task.label_names, template_list, words)
+    examples = fixed_sample(task.train + task.dev, SEARCH_EXAMPLES)
+    rows = search(model, tokenizer, [examples], task.label_names, template_list, words)
     return rows[0].template, rows[0].verbalizers, rows
 
 
@@ -234,7 +238,10 @@ def apply_search(cfg, spec, task, model, tokenizer):
     what = " and ".join(x for x, on in (("template", templates), ("verbalizers", verbalizers)) if on)
     best = rows[0]
     among = f" among {len(rows)} templates" if templates else ""
-    note = (f"{what} picked by search{among}, scored with no prompt on train+dev: "
+    scored = len(task.train) + len(task.dev)
+    on = ("train+dev" if scored <= SEARCH_EXAMPLES
+          else f"a fixed sample of {SEARCH_EXAMPLES} of the {scored:,} train+dev examples")
+    note = (f"{what} picked by search{among}, scored with no prompt on {on}: "
             f"template {template!r}" + (f" ({best.name})" if best.name != "(given)" else "")
             + f", verbalizers {words}, accuracy {100 * best.accuracy:.1f}%; fix them with --template/--verbalizers")
     notes = [n for n in task.notes if not (verbalizers and n.startswith("verbalizers default"))] + [note]

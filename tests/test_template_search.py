@@ -71,6 +71,30 @@ def test_bad_candidates_fail_in_one_line(tiny_lm, templates, words, message):
     assert "\n" not in str(e.value) and message in str(e.value)
 
 
+def test_a_runs_search_scores_a_fixed_sample_of_a_large_data_file(monkeypatch):
+    from rlprompt import template_search
+    from rlprompt.tasks import Example, Task
+
+    seen = []
+
+    def fake_search(model, tokenizer, groups, *args, **kwargs):
+        seen.append(groups[0])
+        return [template_search.Candidate("{sentence} {prompt}", [" a", " b"], 1.0, 0.0, [1.0])]
+
+    monkeypatch.setattr(template_search, "search", fake_search)
+    big = [Example(f"s{i}", i % 2) for i in range(5000)]
+    task = Task(name="big", label_names=["a", "b"], verbalizers=[" a", " b"], template="{sentence} {prompt}",
+                train=big[:4000], dev=big[4000:])
+    template_search.choose_for_task(task, None, None, templates=False, verbalizers=False)
+    template_search.choose_for_task(task, None, None, templates=False, verbalizers=False)
+    assert len(seen[0]) == template_search.SEARCH_EXAMPLES and seen[0] == seen[1]  # the same sample each time
+    assert {e.text for e in seen[0]} <= {e.text for e in big} and seen[0][-1].text != "s511"  # across the file
+    small = Task(name="small", label_names=["a", "b"], verbalizers=[" a", " b"], template="{sentence} {prompt}",
+                 train=big[:32], dev=big[32:64])
+    template_search.choose_for_task(small, None, None, templates=False, verbalizers=False)
+    assert seen[2] == big[:64]  # a few-shot task: every example
+
+
 def test_parse_words():
     assert parse_words('" bad"," awful";" good"') == [[" bad", " awful"], [" good"]]
 
