@@ -24,13 +24,13 @@ def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], 
                    progress: bool = True, desc: str | None = None) -> torch.Tensor:
     """(P, E, V) log-probs of every prompt on every example, through `scorer.score` in example chunks.
 
-    Examples are scored shortest input first, so each chunk pads to a similar length (test sets mix
+    Examples are scored shortest rendered input first, so each chunk pads to a similar length (test sets mix
     one-line and paragraph-long inputs), and the result is put back in the examples' order. The
     progress bar counts (prompt, example) pairs and advances after each chunk.
     """
     prompts, sentences = list(prompts), [ex.text for ex in examples]
     encoder = getattr(scorer, "encoder", None)
-    length = (lambda s: len(encoder.encode_prefix(s))) if encoder is not None else len
+    length = (lambda s: len(encoder.encode_pair("", s))) if encoder is not None else len
     order = sorted(range(len(sentences)), key=lambda i: length(sentences[i]))
     parts = []
     with tqdm(total=len(prompts) * len(sentences), desc=desc, unit="pair", disable=not progress,

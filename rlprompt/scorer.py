@@ -195,6 +195,7 @@ class _Prefix:
 
 
 MIN_SHARED_TOKENS = 16  # leading prefix tokens common to a chunk's examples worth one pass of their own
+LENGTH_GROUP = 8  # examples per chunk, shortest first, when the input comes after the prompt
 
 
 def shared_length(seqs: list[list[int]]) -> int:
@@ -223,13 +224,25 @@ class CachedScorer(_BaseScorer):
         self.score_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.score_cache_size = score_cache_size
         self.cache_hits = 0
+        # with the input after the prompt (`{prompt}\nReview: {sentence}…`) every row runs the whole input and
+        # pads to the longest of its block: small chunks of similar length pad far less
+        self.group_by_length = "{sentence}" in self.encoder.tail
 
     @torch.no_grad()
     def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
         """(P, E, V) full-vocabulary log-probs of each verbalizer token, for every prompt × example."""
+        if self.group_by_length and len(sentences) > LENGTH_GROUP:
+            order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+            grouped = self._score_chunks(prompts, [sentences[i] for i in order], LENGTH_GROUP)
+            scores = torch.empty_like(grouped)
+            scores[:, order] = grouped
+            return scores
+        return self._score_chunks(prompts, sentences, self.example_chunk)
+
+    def _score_chunks(self, prompts: list[str], sentences: list[str], chunk_size: int) -> torch.Tensor:
         chunks = []
-        for c in range(0, len(sentences), self.example_chunk):
-            chunk = sentences[c:c + self.example_chunk]
+        for c in range(0, len(sentences), chunk_size):
+            chunk = sentences[c:c + chunk_size]
             key = chunk_key(chunk)
             todo = list(dict.fromkeys(p for p in prompts if (p, key) not in self.score_cache))
             self.cache_hits += len(prompts) - len(todo)

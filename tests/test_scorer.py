@@ -46,6 +46,20 @@ def test_cached_equals_naive_on_tiny_lm(tiny_lm, template):
     assert cached.pairs_scored == naive.pairs_scored == len(PROMPTS) * len(SENTENCES)
 
 
+def test_input_after_the_prompt_is_scored_in_length_groups_and_equals_naive(tiny_lm):
+    from rlprompt.scorer import LENGTH_GROUP
+
+    model, tok = tiny_lm
+    sentences = [f"{s} {i}" * (1 + i % 3) for i, s in enumerate(SENTENCES * 4)]  # more than one group, mixed lengths
+    assert len(sentences) > LENGTH_GROUP
+    cached = CachedScorer(model, tok, TEMPLATES[1], VERBALIZERS)
+    assert cached.group_by_length and not CachedScorer(model, tok, TEMPLATES[0], VERBALIZERS).group_by_length
+    got = cached.score(PROMPTS, sentences)
+    ref = NaiveScorer(model, tok, TEMPLATES[1], VERBALIZERS).score(PROMPTS, sentences)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)  # in the callers' order
+    torch.testing.assert_close(cached.score(PROMPTS[:2], sentences), ref[:2], atol=1e-4, rtol=0)  # memo hits
+
+
 @pytest.mark.parametrize("template", TEMPLATES + ["Q: {prompt} A: {sentence} so it was"])
 def test_batched_continuations_equal_pair_by_pair(smol_tokenizer, template):
     encoder = PromptEncoder(smol_tokenizer, template)
