@@ -212,13 +212,19 @@ def load_done(args, task: str, seed: int) -> dict | None:
     return done
 
 
+def repo_env(**extra) -> dict:
+    """This process's environment with the repository first on PYTHONPATH, plus `extra`."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
     """Run the method on one (task, seed), write and return its result."""
     out = Path(args.runs_dir) / args.label / f"{task}__{seed}"
     out.mkdir(parents=True, exist_ok=True)
     cmd = method_command(args, task, seed, out)
-    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = repo_env(**({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
     start = time.time()
     with open(out.parent / f"{task}__{seed}.log", "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -250,10 +256,10 @@ def learning(args) -> None:
     next to this bench's results, so they survive the run folders."""
     cmd = [sys.executable, str(REPO / "bench" / "learning.py"), "--label", args.label, "--runs-dir", args.runs_dir,
            "--results", str(Path(args.results).parent / "learning")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise UserError(f"bench/learning.py --label {args.label} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"bench/learning.py --label {args.label} failed: {last}")
 
 
 def mean_std(values: list) -> dict:

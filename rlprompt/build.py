@@ -44,19 +44,20 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
                           cfg.no_repeat, cfg.policy_start)
     vocab = policy_model.get_output_embeddings().weight.shape[0]
     decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
-    train_env = PromptBatchEnv(reward_scorer(cfg, scorer, task), reward_examples(cfg, task), decode, vocab,
-                               cfg.prompt_length, cfg.prompts_per_step)
+    examples = reward_examples(cfg, task)
+    train_env = PromptBatchEnv(reward_scorer(cfg, scorer, examples), examples, decode, vocab, cfg.prompt_length,
+                               cfg.prompts_per_step)
     dev_env = PromptClassificationEnv(scorer, task.dev, decode, vocab, cfg.prompt_length)
     return policy, train_env, dev_env
 
 
-def reward_scorer(cfg: TrainConfig, scorer, task):
-    """The reward's scorer: `scorer`, or with batch calibration and more reward examples than the
+def reward_scorer(cfg: TrainConfig, scorer, examples: list):
+    """The reward's scorer: `scorer`, or with batch calibration and more reward `examples` than the
     estimation sample (a large train file, scored in fresh mini-batches), its view that calibrates each
     step's prompts on that step's own mini-batch instead of estimating a vector per new prompt."""
     from rlprompt.calibration import MAX_UNLABELED, CalibratedScorer
 
-    many = len(reward_examples(cfg, task)) > max(MAX_UNLABELED, cfg.train_batch)
+    many = len(examples) > max(MAX_UNLABELED, cfg.train_batch)
     if isinstance(scorer, CalibratedScorer) and scorer.mode == "batch" and many:
         return scorer.per_call_view()
     return scorer

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from rlprompt.errors import UserError
+from rlprompt.minibatch import fixed_sample
 
 MODES = ("none", "batch", "contextual")
 CONTENT_FREE = ("N/A", "", "[MASK]")
@@ -49,8 +50,6 @@ def unlabeled_inputs(examples: Sequence, limit: int = MAX_UNLABELED, seed: int =
     """Batch calibration's estimation inputs: the texts of `examples`, all of them in file order when
     there are at most `limit`, else a fixed seeded sample of `limit` kept in file order (each new
     prompt's vector costs `limit` scored pairs, whatever the size of the train file)."""
-    from rlprompt.minibatch import fixed_sample
-
     return [e.text for e in fixed_sample(examples, limit, seed)]
 
 

@@ -211,4 +211,3 @@ def add_arguments(parser: argparse.ArgumentParser, cls=None) -> None:
             continue
         kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(flag, type=kind, default=f.default, help=help_)
-

@@ -78,9 +78,8 @@ def test_per_call_view_calibrates_each_call_on_its_own_inputs_at_no_extra_pairs(
     raw = torch.log_softmax(inner.score(["p"], batch), -1)
     assert torch.allclose(out, raw - raw.mean(1, keepdim=True))
     assert scorer._vectors == {}  # the view never writes the shared vectors
-    cfg = SimpleNamespace(reward_on="train", train_batch=32)
-    small = SimpleNamespace(train=[Example("x", 0)] * 32, dev=[])
-    large = SimpleNamespace(train=[Example("x", 0)] * 1000, dev=[])
+    cfg = SimpleNamespace(train_batch=32)
+    small, large = [Example("x", 0)] * 32, [Example("x", 0)] * 1000
     assert reward_scorer(cfg, scorer, small) is scorer  # the presets: the train split is the estimation set
     assert reward_scorer(cfg, scorer, large).per_call
     assert reward_scorer(cfg, inner, large) is inner  # uncalibrated: nothing to do
