@@ -83,6 +83,9 @@ class TrainConfig(TaskArgs):
     elite_coef: float = _f(0.0, "weight of the elite term: raise the log-likelihood of the --elite-size best "
                            "prompts so far by train reward (cross-entropy method; 0: off)")
     elite_size: int = _f(8, "prompts in the elite")
+    cov_clip: float = _f(0.0, "Clip-Cov (Cui et al. 2025): each update leaves out the policy-gradient term of this "
+                         "fraction of the step's sampled tokens, those whose log-prob and advantage covary most "
+                         "(the terms that sharpen the policy fastest); 0: off")
     sql_target_rate: float = _f(0.01, "--trainer sql: Polyak rate of the target adaptor per step")
     sql_replay: int = _f(1024, "--trainer sql: past prompts kept for replay (each step replays as many as it samples)")
     kl_coef: float = _f(0.2, "weight of KL(policy ‖ initial policy) per token: keeps exploration alive")
@@ -171,6 +174,7 @@ NUMBER_RULES = {
     "elite_coef": (0, None, "zero or more"),
     "update_kl": (0, None, "zero (off) or a positive KL in nats per token"),
     "elite_size": (1, None, "at least 1"),
+    "cov_clip": (0, 1, "a fraction from 0 (off) to 1"),
     "sql_target_rate": (1e-300, 1, "in (0, 1]"),
     "sql_replay": (1, None, "at least 1"),
     "kl_coef": (0, None, "zero or more"),

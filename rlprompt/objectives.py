@@ -54,6 +54,23 @@ class Elite:
         self.rewards, self.tokens, self.hidden = state["rewards"], state["tokens"], state["hidden"]
 
 
+def clip_covariance(log_probs: torch.Tensor, advantages: torch.Tensor, fraction: float):
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs"): `log_probs` (N, T)
+    with the gradient detached at the `fraction` of tokens whose centred (log π, A) product is largest
+    and positive: likely tokens of above-average prompts and unlikely ones of below-average prompts,
+    the policy-gradient terms that lower the entropy most. Returns (log_probs, clipped mask); the
+    mean covariance over all tokens comes back with them (the driver of the entropy's change)."""
+    logp = log_probs.detach()
+    adv = advantages.detach()[:, None].expand_as(logp)
+    cov = (adv - adv.mean()) * (logp - logp.mean())
+    k = int(round(fraction * cov.numel()))
+    clipped = torch.zeros_like(cov, dtype=torch.bool)
+    if k > 0:
+        clipped.view(-1)[cov.flatten().topk(k).indices] = True
+        clipped &= cov > 0
+    return torch.where(clipped, logp, log_probs), clipped, float(cov.mean())
+
+
 class RunningScale:
     """Advantages over a running reward scale: A = scale × (r − mean of the step) / σ, with σ² an
     exponential moving average (decay `decay`, bias-corrected) of the steps' reward variances. Unlike a
@@ -86,7 +103,8 @@ class Reinforce:
     """REINFORCE: −Σ_t A·log π(a_t) with A the per-step z-scored reward × --reward-scale (or, with
     --advantage running, the reward minus the step's mean over a running scale: `RunningScale`), minus the
     entropy bonus, plus --kl-coef × KL(π ‖ π_init), minus --elite-coef × the mean log-likelihood of the
-    --elite-size best prompts so far.
+    --elite-size best prompts so far. With --cov-clip the most entropy-lowering tokens leave the
+    policy-gradient term (`clip_covariance`).
 
     With --entropy-target H > 0 the entropy coefficient c adapts after every update:
     log c += --entropy-coef-lr × (H − mean per-token entropy), kept between --entropy-coef and 100, so
@@ -115,13 +133,16 @@ class Reinforce:
         advantages = self.running(rewards) if cfg.advantage == "running" else \
             normalize_rewards(rewards, cfg.reward_scale)  # (N,)
         log_probs, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens)  # (N, T)
-        policy_loss = -(advantages[:, None] * log_probs).sum(1).mean()
+        pg_log_probs, clipped, token_cov = clip_covariance(log_probs, advantages, cfg.cov_clip)
+        policy_loss = -(advantages[:, None] * pg_log_probs).sum(1).mean()
         loss = policy_loss - self.entropy_coef * entropy.mean() + cfg.kl_coef * kl.sum(1).mean()
         metrics = {"losses/policy_loss": float(policy_loss.detach()),
                    "losses/entropy": float(entropy.detach().mean()),
                    "losses/kl_to_init": float(kl.detach().sum(1).mean()),
                    "losses/entropy_coef": self.entropy_coef,
-                   "losses/advantage_abs": float(advantages.abs().mean())}
+                   "losses/advantage_abs": float(advantages.abs().mean()),
+                   "losses/token_cov": token_cov,
+                   "losses/cov_clipped": float(clipped.float().mean())}
         if cfg.elite_coef > 0:
             self.elite.add(batch, rewards)
             hidden = torch.stack(self.elite.hidden).to(policy.device)

@@ -297,3 +297,21 @@ def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
     assert line.startswith("data: 2 train, 3 dev") and "on all 5 train+dev examples" in line
     with pytest.raises(UserError, match="unknown --reward-on 'dev'"):
         TrainConfig(reward_on="dev")
+
+
+def test_clip_cov_detaches_the_tokens_whose_log_prob_and_advantage_covary_most(smol_tokenizer, tmp_path):
+    from rlprompt.objectives import clip_covariance
+
+    log_probs = torch.tensor([[-0.1, -3.0], [-0.2, -2.0], [-4.0, -0.3]], requires_grad=True)
+    advantages = torch.tensor([2.0, 0.0, -2.0])
+    kept, clipped, cov = clip_covariance(log_probs, advantages, fraction=2 / 6)
+    # centred products: (A - 0)(logp - mean(logp) = -1.6): token (0,0) +3.0 and (2,0) +4.8 are the top two
+    assert clipped.tolist() == [[True, False], [False, False], [True, False]]
+    (kept * advantages[:, None]).sum().backward()
+    assert log_probs.grad.tolist() == [[0.0, 2.0], [0.0, 0.0], [0.0, -2.0]]
+    assert cov == pytest.approx(float(((advantages[:, None]) * (log_probs.detach() + 1.6)).mean()))
+    off, none, _ = clip_covariance(log_probs, advantages, fraction=0.0)
+    assert not none.any() and torch.equal(off, log_probs)
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=3, cov_clip=0.25)
+    trainer.run(progress=False)
+    assert all(0 < h["losses/cov_clipped"] <= 0.25 for h in trainer.book.history)
