@@ -45,7 +45,8 @@ class TaskArgs:
                               f"{', '.join(NAMED_TEMPLATES)} (default: the preset's; for data of your own, "
                               "train.py and evaluate.py pick one by search)")
     manual_prompt: str | None = _f(None, "the hand-written prompt shown as a baseline")
-    dev_fraction: float | None = _f(None, "share of each class split off --train as dev when no --dev (0.2)")
+    dev_fraction: float | None = _f(None, "share of each class split off --train as dev when no --dev (0.2; "
+                                    "at most about 500 examples, as every dev check scores them all)")
     save_task: str | None = _f(None, "also write the task as a reusable task file (.yaml or .json)")
 
     def task_spec(self) -> TaskSpec:

@@ -26,6 +26,7 @@ from rlprompt.templates import resolve_template
 PRESET_DIR = Path(__file__).parent / "presets"
 SEEDS = (13, 21, 42, 87, 100)
 NEW_TASK_TEMPLATE = "Input: {sentence} {prompt} Answer:"
+MAX_AUTO_DEV = 500  # examples split off as dev when there is no dev file: every dev check scores them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +167,15 @@ def infer_labels(raw_labels: list[str]) -> list[str]:
     return sorted(distinct)
 
 
-def split_dev(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_dev(examples: list[Example], fraction: float, seed: int,
+              max_dev: int | None = None) -> tuple[list[Example], list[Example]]:
     """Stratified split of `examples` into (train, dev): `fraction` of each class (at least one where
-    the class has two or more) goes to dev, chosen with a seeded shuffle."""
+    the class has two or more) goes to dev, chosen with a seeded shuffle. With `max_dev`, a dev that
+    would be larger gets about `max_dev` examples instead, each class in proportion; the rest stay train."""
     if not 0 < fraction < 1:
         raise UserError(f"--dev-fraction must be between 0 and 1, got {fraction}")
+    if max_dev is not None and round(len(examples) * fraction) > max_dev:
+        fraction = max_dev / len(examples)
     rng = random.Random(seed)
     train, dev = [], []
     for label in sorted({e.label for e in examples}):
@@ -304,9 +309,12 @@ class TaskSpec:
             raise UserError(f"class(es) {missing} have no examples in the train file {spec.train}")
         dev = examples.get("dev")
         if dev is None:
-            train, dev = split_dev(train, self.dev_fraction, seed)
+            capped = round(len(train) * self.dev_fraction) > MAX_AUTO_DEV
+            train, dev = split_dev(train, self.dev_fraction, seed, max_dev=MAX_AUTO_DEV)
+            share = f"{self.dev_fraction:.0%}" + (f", capped at about {MAX_AUTO_DEV}: every dev check scores "
+                                                  "them all" if capped else "")
             notes.append(f"no dev file: {len(dev)} of {len(examples['train'])} train examples split off "
-                         f"as dev (stratified, {self.dev_fraction:.0%}, seed {seed})")
+                         f"as dev (stratified, {share}, seed {seed})")
         if not examples.get("test"):
             notes.append("no test file: test accuracy will not be reported")
         return Task(name=self.name, label_names=list(labels), verbalizers=list(verbalizers),

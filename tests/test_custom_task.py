@@ -60,6 +60,17 @@ def test_csv_task_with_string_labels_and_split_dev(review_files):
     assert task.split("test")[1] == Example("Awful", 0)
 
 
+def test_a_large_train_file_without_dev_gives_a_capped_dev(tmp_path):
+    from rlprompt.tasks import MAX_AUTO_DEV
+
+    rows = [(f"review number {i}", "good" if i % 2 else "bad") for i in range(4000)]
+    spec = spec_from_flags(train=str(write_csv(tmp_path / "big.csv", rows)), text_column="review",
+                           label_column="stars", verbalizers='" terrible"," great"')
+    task = spec.load(seed=13)
+    assert len(task.dev) == MAX_AUTO_DEV and len(task.train) == 4000 - MAX_AUTO_DEV
+    assert any(f"capped at about {MAX_AUTO_DEV}" in n for n in task.notes)
+
+
 def test_split_dev_is_stratified_and_seeded():
     examples = [Example(f"t{i}", i % 3) for i in range(30)]
     train, dev = split_dev(examples, 0.2, seed=1)
@@ -67,6 +78,10 @@ def test_split_dev_is_stratified_and_seeded():
     assert set(train).isdisjoint(dev) and len(train) + len(dev) == 30
     assert split_dev(examples, 0.2, seed=1) == (train, dev)
     assert split_dev(examples, 0.2, seed=2)[1] != dev
+    big = [Example(f"t{i}", int(i % 4 == 0)) for i in range(10_000)]  # a quarter of class 1
+    train, dev = split_dev(big, 0.2, seed=1, max_dev=500)
+    assert len(dev) == 500 and sum(e.label for e in dev) == 125 and len(train) == 9_500
+    assert split_dev(examples, 0.2, seed=1, max_dev=500) == split_dev(examples, 0.2, seed=1)  # under the cap
 
 
 def test_jsonl_and_tsv_integer_labels_three_classes(tmp_path):
