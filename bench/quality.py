@@ -10,7 +10,8 @@ Each (task, seed) is one run of the method (default `train.py --task T --seed S 
 flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (several GPUs: round
 robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
-committed), and a finished (task, seed) is not run again; one killed mid-run is continued from its
+committed), and a finished (task, seed) is not run again (the tables cover every finished seed of the
+label's tasks, so `--seeds 13`, then `--seeds 21`, … add up); one killed mid-run is continued from its
 checkpoint (`train.py --resume`). At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
@@ -212,6 +213,12 @@ def load_done(args, task: str, seed: int) -> dict | None:
     return done
 
 
+def finished_seeds(args, task: str) -> set[int]:
+    """Seeds of `task` with a result under this label, from this invocation or an earlier one."""
+    found = (f.stem.rpartition("__")[2] for f in (Path(args.results) / args.label).glob(f"{task}__*.json"))
+    return {int(s) for s in found if s.isdigit()}
+
+
 def repo_env(**extra) -> dict:
     """This process's environment with the repository first on PYTHONPATH, plus `extra`."""
     env = dict(os.environ, **extra)
@@ -384,7 +391,9 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(jobs) as pool:
         for key, r in pool.map(work, enumerate(todo)):  # raises the first failure, in order
             done[key] = r
-    tasks = aggregate([done[p] for p in pairs])
+    covered = [(t, s) for t in args.tasks for s in sorted(set(args.seeds) | finished_seeds(args, t))]
+    results = [done[p] if p in done else load_done(args, *p) for p in covered]  # seeds run one at a time add up
+    tasks = aggregate(results)
     doc = {"label": args.label, "eval_set": args.eval_set, "method_args": args.passthrough,
            "command": args.command or "train.py", "tasks": tasks}
     table = markdown(args.label, tasks)

@@ -82,6 +82,12 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     again = bench(common + flags, tmp_path)  # finished: read back, not rerun
     assert again.returncode == 0 and "done before" in again.stderr and "running" not in again.stderr
     assert json.loads(again.stdout[:again.stdout.index("\n}\n") + 2]) == doc
+    twin = tmp_path / "results" / "smoke" / "sst2__21.json"  # seed 21 finished by an earlier invocation
+    twin.write_text(json.dumps(dict(result, seed=21)))
+    both = bench(common + flags, tmp_path)  # --seeds 13 only: the tables cover both finished seeds
+    assert both.returncode == 0 and "running" not in both.stderr
+    assert json.loads(both.stdout[:both.stdout.index("\n}\n") + 2])["tasks"]["sst2"]["seeds"] == [13, 21]
+    twin.unlink()
 
     other = bench(common + flags + ["--lr", "1e-4"], tmp_path)  # other flags under the same label
     assert other.returncode == 2 and other.stderr.strip().startswith("error: ") and "--label" in other.stderr
