@@ -16,6 +16,9 @@ What is timed, per scorer and dtype (median of --repeats calls):
 pairs/s = prompts × examples / seconds. `max_abs_diff_<dtype>` compares the cached and naive (P, E, V)
 log-probs in each precision timed; with both fp32 and bf16, `bf16_labels_match_fp32` compares the argmax
 labels of bf16 and fp32 (cached). `--dtypes bf16` times bf16 alone.
+`--attention-ab`: also time the cached scorer under transformers' own `sdpa` attention, which copies the
+key/value heads per layer when a mask is given (`rlprompt.attention`; on a CPU `load_lm` avoids it), and
+report `gqa_speedup_<dtype>`, the ratio of the two, timed alternately in this run.
 `host_ms_per_call`: the CPU-side part of the cached scorer's call (tokenizing the continuations and
 building the id, mask and position tensors of every block; median of --repeats), which on a GPU is spent
 while the device waits.
@@ -89,6 +92,22 @@ def host_ms(scorer: CachedScorer, prompts, sentences, repeats: int) -> float:
     return round(1000 * statistics.median(times), 2)
 
 
+def attention_ab(model, tok, task, prompts, warmup, sentences, repeats: int) -> float | None:
+    """Seconds of the cached scorer under transformers' `sdpa` over those under the attention `load_lm`
+    chose, timed alternately (`repeats` rounds, medians); None where the two are the same."""
+    chosen = model.config._attn_implementation
+    if chosen == "sdpa":
+        return None
+    times = {"sdpa": [], chosen: []}
+    for _ in range(repeats):
+        for name in times:
+            model.set_attn_implementation(name)
+            times[name].append(time_scorer(CachedScorer(model, tok, task.template, task.verbalizers),
+                                           prompts, warmup, sentences, 1)[0])
+    model.set_attn_implementation(chosen)
+    return round(statistics.median(times["sdpa"]) / statistics.median(times[chosen]), 2)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="task LM (default smollm2-135m)")
@@ -98,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--cached-only", action="store_true", help="time the CachedScorer alone (no naive baseline)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per scorer, median reported (default 2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--attention-ab", action="store_true", help="also time the cached scorer under transformers' "
+                   "sdpa attention (key/value heads copied per layer) and report the ratio")
     p.add_argument("--dtypes", help="comma-separated precisions to time (default: fp32, plus bf16 where "
                    "the hardware runs it fast; emulated bf16 on an AVX2-only CPU is ~70x slower)")
     args = p.parse_args(argv)
@@ -120,6 +141,9 @@ def main(argv=None) -> int:
     result["dtypes"] = dtypes
     for dtype in dtypes:
         model, tok = load_lm(args.model, args.device, dtype)
+        result["attention"] = model.config._attn_implementation
+        if args.attention_ab:
+            result[f"gqa_speedup_{dtype}"] = attention_ab(model, tok, task, prompts, warmup, sentences, args.repeats)
         scorers = (("cached", CachedScorer),) + ((("naive", NaiveScorer),) if not args.cached_only else ())
         for name, cls in scorers:
             scorer = cls(model, tok, task.template, task.verbalizers)

@@ -19,6 +19,7 @@ from transformers import (
     GgufConfig,
 )
 
+from rlprompt.attention import use_cpu_gqa
 from rlprompt.errors import UserError
 
 # name -> (python package that ships the GGUF, how to get the GGUF path out of it)
@@ -188,7 +189,8 @@ def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
     `dtype` is fp32, bf16, fp16 or auto (bf16 where the device runs it fast, else fp32).
 
     Offline unless `allow_download`. Causal LMs load with AutoModelForCausalLM, encoder-only masked
-    LMs with AutoModelForMaskedLM.
+    LMs with AutoModelForMaskedLM. On a CPU, grouped-query SDPA attention runs without copying the
+    key/value heads (`rlprompt.attention`; the same numbers).
     """
     device = pick_device(device) if not isinstance(device, torch.device) else device
     local_only = not allow_download
@@ -206,4 +208,5 @@ def load_lm(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval().requires_grad_(False)
+    use_cpu_gqa(model)
     return model, tokenizer

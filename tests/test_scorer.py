@@ -197,3 +197,27 @@ def test_a_long_shared_prefix_is_run_once_and_scores_as_the_naive_scorer(tiny_lm
     ref = NaiveScorer(model, tok, template, VERBALIZERS, max_rows=7).score(PROMPTS, SENTENCES)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
     assert shared_length([[1, 2, 3], [1, 2, 4]]) == 2 and shared_length([[1, 2], [1, 2, 3]]) == 1
+
+
+def test_cpu_gqa_attention_scores_as_transformers_sdpa_without_repeating_kv(smol_tokenizer, monkeypatch):
+    import rlprompt.attention as attention
+    from tests.rl_helpers import fresh_tiny_lm
+
+    model = fresh_tiny_lm(smol_tokenizer).eval().requires_grad_(False)  # 4 query heads share 2 key/value heads
+    template = TEMPLATES[2]
+    ref = CachedScorer(model, smol_tokenizer, template, VERBALIZERS).score(PROMPTS, SENTENCES)
+    assert attention.use_cpu_gqa(model) and model.config._attn_implementation == attention.NAME
+    monkeypatch.setattr(attention, "sdpa_attention_forward",  # the path that repeats the key/value heads
+                        lambda *a, **k: pytest.fail("a masked call fell back to transformers' sdpa"))
+    got = CachedScorer(model, smol_tokenizer, template, VERBALIZERS).score(PROMPTS, SENTENCES)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_cpu_gqa_leaves_other_models_alone():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from rlprompt.attention import use_cpu_gqa
+
+    bert = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=100))
+    assert not use_cpu_gqa(bert) and bert.config._attn_implementation != "rlprompt_sdpa_gqa"
