@@ -4,7 +4,8 @@ transformers' `sdpa` attention repeats every key/value head `num_key_value_group
 a full copy of the KV cache in every layer) whenever an attention mask is passed, because on CUDA the
 masked SDPA kernels do not support `enable_gqa`. torch's CPU kernel does. The scorer always passes a
 padding mask (prefixes and continuations of different lengths), so on a CPU it pays that copy on every
-layer of every call: for SmolLM2 (9 query heads, 3 key/value heads) a sixth of the scoring time.
+layer of every call: for SmolLM2 (9 query heads, 3 key/value heads) 14% of the scoring time in an fp32
+profile on an AVX2 CPU.
 
 `use_cpu_gqa(model)` switches a CPU model to `rlprompt_sdpa_gqa`: the same SDPA call with
 `enable_gqa=True` when a mask is given, transformers' own `sdpa_attention_forward` in every other
