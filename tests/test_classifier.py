@@ -148,14 +148,15 @@ def test_bad_export_requests(tiny_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_classifier_reproduces_a_real_runs_test_accuracy(tmp_path, data_dir):
     """A short real train.py run on the embedded SmolLM2 (default precision), its test set cut to 300
-    SST-2 test examples so the run's own test scoring stays fast; from_run must give the same accuracy."""
+    SST-2 test examples and no baselines so the run's own test scoring stays fast (train.py's baselines on
+    the real model: test_reliability's offline run); from_run must give the same accuracy."""
     lines = (data_dir / "sst-2" / "test.tsv").read_text(encoding="utf-8").splitlines()
     (tmp_path / "test.tsv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "train.py", "--task", "sst2", "--data-dir", str(data_dir),
                            "--test", str(tmp_path / "test.tsv"), "--steps", "1", "--prompts-per-step", "2",
-                           "--eval-every", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                           "--eval-every", "1", "--no-baselines", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = json.loads((out / "prompts.json").read_text())[0]
     clf = PromptClassifier.from_run(out, device="cpu")
