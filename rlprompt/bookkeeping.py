@@ -49,11 +49,13 @@ class Leaderboard:
         self.train_weight = train_weight
 
     def add(self, texts, rewards, accuracies, step: int) -> None:
+        """Record each prompt the first time it is seen with a finite reward (its train accuracy, step)."""
         for text, r, a in zip(texts, rewards, accuracies):
             if text not in self.records and math.isfinite(float(r)):
                 self.records[text] = PromptRecord(text, float(r), float(a), step)
 
     def by_reward(self) -> list[PromptRecord]:
+        """Every recorded prompt, highest train reward first."""
         return sorted(self.records.values(), key=lambda r: -r.train_reward)
 
     def best(self, k: int) -> list[PromptRecord]:

@@ -86,6 +86,7 @@ class PromptClassifier:
 
     @property
     def device(self) -> torch.device:
+        """Where the task LM runs."""
         return next(self.model.parameters()).device
 
     # ---- loading ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class Elite:
         self.hidden: list[torch.Tensor] = []
 
     def add(self, batch, rewards: torch.Tensor) -> None:
+        """Offer a step's prompts: new ones with a finite reward enter, and only the best `size` stay."""
         seen = {tuple(t.tolist()) for t in self.tokens}
         for i in range(len(rewards)):
             key = tuple(batch.tokens[i].tolist())
@@ -129,6 +130,7 @@ class Reinforce:
         return math.exp(self.log_entropy_coef) if self.cfg.entropy_target > 0 else self.cfg.entropy_coef
 
     def loss(self, batch, rewards: torch.Tensor):
+        """(loss to minimize, scalars to log) for one step's sampled prompts and their rewards."""
         cfg, policy = self.cfg, self.policy
         advantages = self.running(rewards) if cfg.advantage == "running" else \
             normalize_rewards(rewards, cfg.reward_scale)  # (N,)
@@ -156,6 +158,7 @@ class Reinforce:
         return loss, metrics
 
     def after_update(self) -> None:
+        """With --entropy-target: move the entropy coefficient toward holding the target entropy."""
         if self.cfg.entropy_target > 0 and self._entropy is not None and math.isfinite(self._entropy):
             step = self.cfg.entropy_coef_lr * (self.cfg.entropy_target - self._entropy)
             low, high = self._log_floor, math.log(MAX_ENTROPY_COEF)
@@ -181,6 +184,7 @@ class Replay:
         self.generator = torch.Generator().manual_seed(seed)
 
     def add(self, tokens, hidden, rewards) -> None:
+        """Append prompts (tokens, base hidden states, shaped rewards); the oldest beyond `size` drop out."""
         parts = (tokens.detach().cpu(), hidden.detach().cpu(), rewards.detach().cpu())
         if self.tokens is not None:
             parts = tuple(torch.cat([old, new])[-self.size:] for old, new in
@@ -188,6 +192,7 @@ class Replay:
         self.tokens, self.hidden, self.rewards = parts
 
     def sample(self, n: int):
+        """n stored prompts drawn uniformly with replacement: (tokens, hidden states, rewards)."""
         picks = torch.randint(len(self.tokens), (n,), generator=self.generator)
         return self.tokens[picks], self.hidden[picks], self.rewards[picks]
 
@@ -230,6 +235,7 @@ class SoftQ:
         return one_step, multi_step
 
     def loss(self, batch, rewards: torch.Tensor):
+        """(loss to minimize, scalars to log): path consistency on the step's prompts and as many replayed."""
         shaped = normalize_rewards(rewards, self.cfg.reward_scale)
         tokens, hidden, shaped_all = batch.tokens, batch.base_hidden, shaped
         if self.replay.tokens is not None:
@@ -248,6 +254,7 @@ class SoftQ:
                       "losses/entropy": float(entropy.mean())}
 
     def after_update(self) -> None:
+        """Polyak-average the target adaptor toward the online one (--sql-target-rate)."""
         rate = self.cfg.sql_target_rate
         with torch.no_grad():
             for target, online in zip(self.target.parameters(), self.policy.adaptor.parameters()):

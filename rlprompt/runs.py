@@ -47,6 +47,7 @@ class RunFolder:
             self.path.rmdir()
 
     def release(self) -> None:
+        """Drop the run-folder lock (idempotent)."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
@@ -292,6 +293,7 @@ def print_summary(summary: dict, best_rows: list[dict], run_dir: Path) -> None:
 
 
 def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`; a missing file or a folder is a one-line UserError naming `what`."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -325,6 +327,8 @@ def read_run(run_dir: str, num_prompts: int, need_prompts: bool = True) -> tuple
 
 
 def read_prompts_json(root: Path) -> list[dict]:
+    """The ranked prompt rows of a run folder's prompts.json; a run that has not finished, or a broken
+    file, is a one-line UserError."""
     if not (root / "prompts.json").exists() and (root / "checkpoint.pt").is_file():
         raise UserError(f"run {root} has no prompts.json yet: it stopped before it finished. Finish it with "
                         f"python train.py --resume {root}, or sample from its policy with --sample N")

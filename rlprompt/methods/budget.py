@@ -57,6 +57,7 @@ class PairLedger:
         return self.budget - self.used
 
     def fits(self, n: int) -> bool:
+        """True when n more pairs fit in the budget."""
         return n <= self.left
 
     def check(self, n: int) -> None:

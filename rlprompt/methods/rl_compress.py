@@ -60,6 +60,7 @@ class CompressionCurve:
         self.points: list[tuple[int, float]] = []
 
     def best_prompt(self) -> str:
+        """The run's best prompt so far (the leaderboard's first)."""
         return self.book.leaderboard.best(1)[0].prompt
 
     def dev_accuracy(self, prompt: str) -> float:

@@ -80,6 +80,7 @@ def seeded(seed: int):
 
 
 def model_device(model) -> torch.device:
+    """The device of the model's first parameter."""
     return next(model.parameters()).device
 
 

@@ -102,6 +102,7 @@ class PeftSoftPrompt:
         return model_device(self.base)
 
     def parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable soft prompt, for the optimizer."""
         return [self.weight]
 
     @torch.no_grad()
