@@ -30,6 +30,7 @@ TASK_FLAGS = ("task", "task_file", "train")  # any of these: score on that task 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """evaluate.py's flags: what to score and how, plus the task flags train.py takes."""
     from rlprompt.config import TaskArgs, add_arguments
 
     p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -101,6 +102,7 @@ def collect_prompts(args, run_prompts: list[str], sampled: list[str] = ()) -> li
 
 
 def print_table(rows: list[dict], splits: list[str], sizes: dict[str, int]) -> None:
+    """One line per scored prompt or baseline: its accuracy on each split."""
     width = 56
     head = "".join(f"{f'{s} acc (n={sizes[s]})':>20}" for s in splits)
     print(f"{'prompt':<{width}}{head}")
@@ -115,6 +117,7 @@ def print_table(rows: list[dict], splits: list[str], sizes: dict[str, int]) -> N
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write `data` as JSON atomically (a temporary file, then a rename)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

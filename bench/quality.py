@@ -54,6 +54,7 @@ FULL_DEV = {"sst2": "sst-2/full/dev.tsv"}  # a fixed validation set that is not 
 
 
 def parse_args(argv):
+    """The bench's flags; what follows `--` is passed on to the method (args.passthrough)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
@@ -164,6 +165,7 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
 
 
 def result_path(args, task: str, seed: int, label: str | None = None) -> Path:
+    """Where the result JSON of (task, seed) under `label` (default this run's) lives."""
     return Path(args.results) / (label or args.label) / f"{task}__{seed}.json"
 
 
@@ -312,6 +314,7 @@ def aggregate(results: list[dict]) -> dict:
 
 
 def pm(col: dict, sign: bool = False) -> str:
+    """A mean ± std column as percentages, e.g. '82.9 ± 1.5' ('+0.6 ± 2.8' with `sign`)."""
     return "–" if col["mean"] is None else f"{100 * col['mean']:{'+' if sign else ''}.1f} ± {100 * col['std']:.1f}"
 
 
@@ -347,6 +350,7 @@ def markdown(label: str, tasks: dict) -> str:
 
 
 def gpus() -> list[str]:
+    """The CUDA device indices this machine has (none without CUDA)."""
     try:
         import torch
 

@@ -21,6 +21,7 @@ from rlprompt.cli import quiet_transformers, run_cli
 
 
 def parse_option(text: str) -> tuple[str, str]:
+    """'KEY=VALUE' -> ('KEY', 'VALUE'), the key stripped; text without '=' is a UserError."""
     from rlprompt.errors import UserError
 
     if "=" not in text:
