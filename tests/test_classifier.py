@@ -148,8 +148,8 @@ def test_bad_export_requests(tiny_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_classifier_reproduces_a_real_runs_test_accuracy(tmp_path, data_dir):
     """A short real train.py run on the embedded SmolLM2 (default precision), its test set cut to 300
-    SST-2 test examples and no baselines so the run's own test scoring stays fast (train.py's baselines on
-    the real model: test_reliability's offline run); from_run must give the same accuracy."""
+    SST-2 test examples and no baselines so the run's own test scoring stays fast (train.py's dev
+    baselines on the real model: test_reliability's offline run); from_run must give the same accuracy."""
     lines = (data_dir / "sst-2" / "test.tsv").read_text(encoding="utf-8").splitlines()
     (tmp_path / "test.tsv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
     out = tmp_path / "run"

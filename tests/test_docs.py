@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import functools
 import re
 from pathlib import Path
 
 import pytest
 
-from rlprompt.config import TrainConfig
+from rlprompt.config import add_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -26,22 +27,22 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
+@functools.cache
 def anchors(path: Path) -> set[str]:
     text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
     return {slug(m) for m in re.findall(r"^#+ (.+)$", text, flags=re.M)}
 
 
-def project_flags() -> set[str]:
-    """Every --flag the CLIs accept: TrainConfig's fields (and --no-… for booleans), plus the string
-    literals of the scripts' own argparse calls."""
-    flags = set()
-    for f in dataclasses.fields(TrainConfig):
-        flags.add(f.name.replace("_", "-"))
-        if f.type in (bool, "bool"):
-            flags.add("no-" + f.name.replace("_", "-"))
+@functools.cache
+def project_flags() -> frozenset[str]:
+    """Every --flag the CLIs accept: TrainConfig's, as `add_arguments` makes them (with --no-… for booleans),
+    plus the string literals of the scripts' own argparse calls."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")}
     for script in [*REPO.glob("*.py"), *REPO.glob("bench/*.py"), *REPO.glob("rlprompt/**/*.py")]:
         flags |= {m[2:] for m in PYTHON_FLAG.findall(script.read_text(encoding="utf-8"))}
-    return flags
+    return frozenset(flags)
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
