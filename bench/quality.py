@@ -24,6 +24,12 @@ that gives the same baseline rows (none and batch do; contextual adds rows): abl
 the RL method then cost only its training and the RL prompts' scoring. A failed run stops the bench
 before the next one starts.
 
+One table compares runs scored in one precision on one kind of device: the same prompts move by up to
+1.6 points between fp32 and bf16, and calibrated baselines between a CPU and a GPU in bf16. So a label
+whose finished seeds, or whose `--baselines-from` label, were scored on another (device, precision)
+than this machine would use (e.g. bf16 on an AVX512-BF16 CPU, here an AVX2-only CPU's fp32) is refused
+before anything runs; run it where they were made, pass `--task-dtype` to match, or use a new label.
+
 `--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
 to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
 `--learning` (full-dev only) runs `bench/learning.py` on the label after each run, so its per-run JSON
@@ -159,9 +165,56 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
         "baselines": baselines, "strongest_baseline": top, "margin": margin,
         "train_wall_s": summary.get("wall_s"), "phases_s": summary.get("phases_s"),
         "hardware": summary.get("hardware"), "steps": summary.get("steps"),
+        "task_dtype": summary.get("task_dtype"),
         "pairs_scored": summary.get("pairs_scored"), "template": summary.get("template"),
         "verbalizers": summary.get("verbalizers"), "calibration": summary.get("config", {}).get("calibration"),
     }
+
+
+def run_precision(args) -> tuple[str, str] | None:
+    """(device type, task LM dtype) that train.py will score in on this machine with the flags after
+    `--`, e.g. ('cpu', 'fp32') on an AVX2-only CPU; None for a `--command` method (its flags are its own)."""
+    if args.command:
+        return None
+    from rlprompt.config import add_arguments
+    from rlprompt.models import dtype_name, parse_dtype, pick_device
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    flags, _ = parser.parse_known_args(args.passthrough)
+    device = pick_device(flags.device)
+    return device.type, dtype_name(parse_dtype(flags.task_dtype, device))
+
+
+def result_precision(result: dict) -> tuple[str, str] | None:
+    """(device type, task LM dtype) a result was scored in: its `task_dtype`, else what `--task-dtype` in
+    its flags or, by default, its hardware (bf16 where `fast_bf16`) gave; None when it does not say."""
+    hw = result.get("hardware") or {}
+    if not hw.get("device"):
+        return None
+    device = hw["device"].split(":")[0]
+    dtype = result.get("task_dtype")
+    if dtype is None:
+        flags = result.get("method_args") or []
+        given = flags[flags.index("--task-dtype") + 1] if "--task-dtype" in flags[:-1] else "auto"
+        if given == "auto":
+            dtype = "bf16" if hw.get("fast_bf16") else "fp32"
+        else:
+            from rlprompt.models import dtype_name, parse_dtype
+
+            dtype = dtype_name(parse_dtype(given))
+    return device, dtype
+
+
+def check_precision(mine: tuple[str, str] | None, results: dict[str, dict]) -> None:
+    """A UserError when a result in `results` (what -> result) was scored in another (device, dtype) than
+    `mine`, the precision of the runs to come (see the module docstring)."""
+    for what, result in results.items():
+        theirs = result_precision(result)
+        if mine and theirs and theirs != mine:
+            raise UserError(f"{what} was scored in {theirs[1]} on {theirs[0]}, this machine would score in "
+                            f"{mine[1]} on {mine[0]}: one table compares one precision; run it where that "
+                            f"was made, pass --task-dtype {theirs[1]} after --, or use another --label")
 
 
 def result_path(args, task: str, seed: int, label: str | None = None) -> Path:
@@ -367,9 +420,15 @@ def main(argv=None) -> int:
     for t, s in pairs:
         if done[(t, s)] is not None:
             print(f"[{t} seed {s}] done before: {result_path(args, t, s)}", file=sys.stderr)
+    mine = run_precision(args) if todo else None
     for t, s in todo:
         method_command(args, t, s, Path("."))  # bad settings fail before anything runs
-        borrowed_baselines(args, t, s)
+        other = borrowed_baselines(args, t, s)
+        if other is not None:
+            check_precision(mine, {f"--baselines-from {args.baselines_from} ({t} seed {s})": other})
+    finished = {(t, s) for t in args.tasks for s in finished_seeds(args, t)}
+    check_precision(mine, {f"{args.label} {t} seed {s}": done.get((t, s)) or load_done(args, t, s)
+                                 for t, s in sorted(finished)})
     devices = gpus()
     jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
     jobs = max(1, jobs)

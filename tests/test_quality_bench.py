@@ -229,3 +229,42 @@ def test_a_run_killed_before_its_result_is_continued_from_its_checkpoint(data_di
     resumed = quality.method_command(args, "sst2", 13, out)
     assert resumed[resumed.index("--resume") + 1] == str(out) and "--out" not in resumed
     assert resumed[-2:] == ["--steps", "3"]  # the flags still pass: train.py refuses ones that change the run
+
+
+def test_precision_of_a_result_from_its_dtype_flags_or_hardware():
+    cpu = {"device": "cpu", "fast_bf16": True}
+    assert quality.result_precision({"hardware": cpu, "method_args": []}) == ("cpu", "bf16")
+    assert quality.result_precision({"hardware": {**cpu, "fast_bf16": False}}) == ("cpu", "fp32")  # AVX2-only
+    assert quality.result_precision({"hardware": cpu, "method_args": ["--task-dtype", "fp32"]}) == ("cpu", "fp32")
+    assert quality.result_precision({"hardware": {"device": "cuda:0", "fast_bf16": True},
+                                     "task_dtype": "fp32"}) == ("cuda", "fp32")  # what the run recorded wins
+    assert quality.result_precision({"method_args": []}) is None  # results from before hardware was recorded
+    args = quality.parse_args(["--label", "p", "--", "--device", "cpu", "--task-dtype", "fp32"])
+    assert quality.run_precision(args) == ("cpu", "fp32")
+
+
+def test_runs_in_another_precision_than_the_label_or_its_baselines_are_refused(monkeypatch, data_dir, tmp_path,
+                                                                               capsys):
+    from rlprompt.errors import UserError
+
+    method = tmp_path / "method.py"
+    method.write_text(FAKE_METHOD)
+    command = f"{sys.executable} {method} {{out}} {{seed}}"
+    bf16_cpu = {"hardware": {"device": "cpu", "fast_bf16": True}, "task_dtype": "bf16", "eval_set": "test",
+                "method_args": [], "command_template": command, "task": "sst2", "seed": 13, "eval_n": 4,
+                "rl": {"test_acc": 0.5}, "baselines": {}, "strongest_baseline": None, "margin": None,
+                "wall_s": 1.0, "pairs_scored": 1}
+    for label in ("mixed", "bf16-baselines"):
+        (tmp_path / "results" / label).mkdir(parents=True)
+        (tmp_path / "results" / label / "sst2__13.json").write_text(json.dumps({**bf16_cpu, "label": label}))
+    monkeypatch.setattr(quality, "run_precision", lambda args: ("cpu", "fp32"))  # as on an AVX2-only CPU
+    common = ["--tasks", "sst2", "--data-dir", str(data_dir), "--results", str(tmp_path / "results"),
+              "--runs-dir", str(tmp_path / "runs"), "--command", command]
+    with pytest.raises(UserError, match="mixed sst2 seed 13 was scored in bf16 on cpu, this machine would score "
+                                        "in fp32"):
+        quality.main(["--label", "mixed", "--seeds", "21", *common])
+    with pytest.raises(UserError, match="--baselines-from bf16-baselines .sst2 seed 13. was scored in bf16"):
+        quality.main(["--label", "fresh", "--seeds", "13", "--baselines-from", "bf16-baselines", *common])
+    assert "running" not in capsys.readouterr().err and not (tmp_path / "runs").exists()  # refused before any run
+    monkeypatch.setattr(quality, "run_precision", lambda args: ("cpu", "bf16"))  # where they were made: runs
+    assert quality.main(["--label", "mixed", "--seeds", "21", *common]) == 0
