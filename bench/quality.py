@@ -1,6 +1,6 @@
 """Quality benchmark: a method on several tasks x the 5 few-shot seeds, the RL prompt next to every baseline.
 
-    python bench/quality.py --label default                                  # train.py, default flags
+    python bench/quality.py --label mine                                     # train.py, today's default flags
     python bench/quality.py --label calib --tasks sst2 -- --steps 40 --calibration batch   # flags after --
     python bench/quality.py --label abl --tasks sst2 --eval-set full-dev -- --steps 40     # ablation: not test
     python bench/quality.py --label abl-x --tasks sst2 --eval-set full-dev --baselines-from abl-default -- --lr 1e-4
@@ -11,7 +11,9 @@ flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (s
 robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
 committed), and a finished (task, seed) is not run again (the tables cover every finished seed of the
-label's tasks, so `--seeds 13`, then `--seeds 21`, … add up); one killed mid-run is continued from its
+label's tasks, so `--seeds 13`, then `--seeds 21`, … add up); a label's results made with other flags, or
+with the same flags under other defaults (each result keeps the settings that define the method,
+`method_config`; older ones their calibration), are refused; one killed mid-run is continued from its
 checkpoint (`train.py --resume`). At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
@@ -57,6 +59,11 @@ from rlprompt.tasks import SEEDS, parse_list, resolve_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_DEV = {"sst2": "sst-2/full/dev.tsv"}  # a fixed validation set that is not the test set, per task
+# train.py settings that differ between the runs of one label, or only say where and how a run is kept:
+# every other setting defines the method, and a label's results must agree on it
+PER_RUN = {"task", "task_file", "data_dir", "seed", "train", "dev", "test", "save_task", "device", "task_dtype",
+           "out", "resume", "overwrite", "allow_download", "baselines", "skip_test", "test_prompts",
+           "checkpoint_every", "checkpoint_every_s"}
 
 
 def parse_args(argv):
@@ -84,6 +91,7 @@ def parse_args(argv):
                    "{test}) filled in; it must write {out}/summary.json as train.py does (default: train.py)")
     args = p.parse_args(argv)
     args.passthrough = passthrough
+    args.method_config = None if args.command else method_config(vars(train_flags(passthrough)))
     args.tasks = parse_list(args.tasks) or []
     try:
         args.seeds = [int(s) for s in parse_list(args.seeds) or []]
@@ -166,9 +174,24 @@ def result_from_summary(summary: dict, meta: dict) -> dict:
         "train_wall_s": summary.get("wall_s"), "phases_s": summary.get("phases_s"),
         "hardware": summary.get("hardware"), "steps": summary.get("steps"),
         "task_dtype": summary.get("task_dtype"),
+        "method_config": method_config(summary["config"]) if "config" in summary else None,
         "pairs_scored": summary.get("pairs_scored"), "template": summary.get("template"),
         "verbalizers": summary.get("verbalizers"), "calibration": summary.get("config", {}).get("calibration"),
     }
+
+
+def train_flags(passthrough: list[str]) -> argparse.Namespace:
+    """train.py's settings (TrainConfig's fields, the code's defaults filled in) for the flags after `--`."""
+    from rlprompt.config import add_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return parser.parse_known_args(passthrough)[0]
+
+
+def method_config(config: dict) -> dict:
+    """The settings of a train.py config that define the method (all but PER_RUN's)."""
+    return {k: v for k, v in config.items() if k not in PER_RUN}
 
 
 def run_precision(args) -> tuple[str, str] | None:
@@ -176,12 +199,9 @@ def run_precision(args) -> tuple[str, str] | None:
     `--`, e.g. ('cpu', 'fp32') on an AVX2-only CPU; None for a `--command` method (its flags are its own)."""
     if args.command:
         return None
-    from rlprompt.config import add_arguments
     from rlprompt.models import dtype_name, parse_dtype, pick_device
 
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    flags, _ = parser.parse_known_args(args.passthrough)
+    flags = train_flags(args.passthrough)
     device = pick_device(flags.device)
     return device.type, dtype_name(parse_dtype(flags.task_dtype, device))
 
@@ -265,6 +285,13 @@ def load_done(args, task: str, seed: int) -> dict | None:
             or done.get("command_template") != args.command:
         raise UserError(f"{path} was made with other settings (eval set {done.get('eval_set')}, flags "
                         f"{done.get('method_args')}); use another --label or delete it")
+    mine = args.method_config or {}
+    # the same flags under other defaults are another method; results from before method_config say calibration
+    theirs = done.get("method_config") or {"calibration": done.get("calibration")}
+    for key, value in theirs.items():
+        if key in mine and value is not None and value != mine[key]:
+            raise UserError(f"{path} was made with {key} {value!r}, these flags now give {mine[key]!r} (the "
+                            "defaults changed since): use another --label, or read its quality.md")
     return done
 
 

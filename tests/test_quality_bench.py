@@ -268,3 +268,23 @@ def test_runs_in_another_precision_than_the_label_or_its_baselines_are_refused(m
     assert "running" not in capsys.readouterr().err and not (tmp_path / "runs").exists()  # refused before any run
     monkeypatch.setattr(quality, "run_precision", lambda args: ("cpu", "bf16"))  # where they were made: runs
     assert quality.main(["--label", "mixed", "--seeds", "21", *common]) == 0
+
+
+def test_a_label_made_under_other_defaults_is_not_taken_as_done(data_dir, tmp_path):
+    from rlprompt.errors import UserError
+
+    args = quality.parse_args(["--label", "old", "--tasks", "sst2", "--seeds", "13", "--data-dir", str(data_dir),
+                               "--results", str(tmp_path)])
+    assert args.method_config["calibration"] == "batch" and "seed" not in args.method_config
+    old = {"eval_set": "test", "method_args": [], "command_template": None, "calibration": "none"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sst2__13.json").write_text(json.dumps(old))  # no flags, but made when the default was none
+    with pytest.raises(UserError, match="made with calibration 'none', these flags now give 'batch'"):
+        quality.load_done(args, "sst2", 13)
+    now = {**old, "calibration": "batch", "method_config": {**args.method_config, "lr": 1.0}}
+    (tmp_path / "old" / "sst2__13.json").write_text(json.dumps(now))
+    with pytest.raises(UserError, match="made with lr 1.0"):
+        quality.load_done(args, "sst2", 13)
+    now["method_config"]["lr"] = args.method_config["lr"]
+    (tmp_path / "old" / "sst2__13.json").write_text(json.dumps(now))
+    assert quality.load_done(args, "sst2", 13) == now
