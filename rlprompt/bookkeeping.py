@@ -208,8 +208,9 @@ class Bookkeeper:
             self.writer.add_text("prompts/greedy", metrics["greedy_prompt"], self.step)
 
     # ---- checkpoint -----------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything a resume needs: config, step, adaptor, optimizer, RNG, records and the score memo."""
+    def state_dict(self, pairs_scored: int | None = None) -> dict:
+        """Everything a resume needs: config, step, adaptor, optimizer, RNG, records and the score memo.
+        `pairs_scored`: the pairs of all processes (`save` gathers them); the scorer's own count if None."""
         scorer = self.train_env.scorer
         return {
             "config": dataclasses.asdict(self.cfg),
@@ -224,7 +225,7 @@ class Bookkeeper:
             "stop_reason": self.stop_reason,
             "train_s": self.train_s,
             "scorer": scorer.state_dict() if hasattr(scorer, "state_dict") else {},
-            "pairs_scored": getattr(scorer, "pairs_scored", 0),
+            "pairs_scored": getattr(scorer, "pairs_scored", 0) if pairs_scored is None else pairs_scored,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -246,7 +247,8 @@ class Bookkeeper:
         scorer = self.train_env.scorer
         if hasattr(scorer, "load_state_dict"):
             scorer.load_state_dict(state.get("scorer", {"score_cache": state.get("score_cache", {})}))
-        if hasattr(scorer, "pairs_scored"):  # summed over resumes, as train_s is
+        # Summed over resumes, as train_s is. The count saved is all processes' (see `save`): rank 0 banks it.
+        if hasattr(scorer, "pairs_scored") and (not _distributed() or torch.distributed.get_rank() == 0):
             scorer.pairs_scored += state.get("pairs_scored", 0)
 
     def _bank_time(self) -> None:
@@ -256,12 +258,15 @@ class Bookkeeper:
 
     def save(self) -> Path | None:
         """Write the checkpoint atomically (rank 0 only; the other processes wait for it)."""
+        from rlprompt.distributed import pairs_scored_by_all
+
         self._bank_time()
         path = None
+        pairs = pairs_scored_by_all(self.train_env.scorer)  # collective: every process, before rank 0 writes
         if not _distributed() or torch.distributed.get_rank() == 0:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                path = save_checkpoint(self.run_dir, self.state_dict())
+                path = save_checkpoint(self.run_dir, self.state_dict(pairs))
                 self._saved_at = time.monotonic()
             except OSError as e:
                 raise UserError(f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}") from None

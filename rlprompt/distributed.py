@@ -70,6 +70,17 @@ def same_on_all_processes(value):
     return box[0]
 
 
+def pairs_scored_by_all(scorer) -> int:
+    """(prompt, example) pairs that all processes together sent through their task LMs: the scorer's own
+    count in one process; under `accelerate launch` a collective call, to be made on every process."""
+    pairs = getattr(scorer, "pairs_scored", 0)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return pairs
+    from accelerate.utils import gather_object
+
+    return int(sum(gather_object([pairs])))
+
+
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """[start, stop) of shard `rank` of n items cut into `world` contiguous shards of near-equal size."""
     base, extra = divmod(n, world)
@@ -97,7 +108,7 @@ class ShardedScorer:
 
     @property
     def pairs_scored(self) -> int:
-        """Pairs this process sent through its model (see `total_pairs_scored` for all processes)."""
+        """Pairs this process sent through its model (see `pairs_scored_by_all` for all processes)."""
         return self.scorer.pairs_scored
 
     @pairs_scored.setter
@@ -110,12 +121,6 @@ class ShardedScorer:
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore (see `state_dict`)."""
-
-    def total_pairs_scored(self) -> int:
-        """Pairs scored by all processes together (a collective call)."""
-        from accelerate.utils import gather_object
-
-        return int(sum(gather_object([self.scorer.pairs_scored])))
 
     def score(self, prompts: list[str], sentences: list[str]) -> torch.Tensor:
         """(P, E, V) verbalizer log-probs, this process computing only its share of the examples."""

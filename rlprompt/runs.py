@@ -235,7 +235,7 @@ def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: l
     Each prompts.json row holds the prompt's calibration (mode and vector) when the run calibrates.
     `phases_s`: wall seconds per phase of this process (see `finalize`)."""
     from rlprompt.baselines import strongest
-    from rlprompt.distributed import is_main_process
+    from rlprompt.distributed import is_main_process, pairs_scored_by_all
     from rlprompt.models import dtype_name, hardware
     from rlprompt.report import write_run_report
 
@@ -253,7 +253,7 @@ def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: l
         "hardware": hardware(next(scorer.model.parameters()).device),
         "calibration": cfg.calibration,
         "examples": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
-        "pairs_scored": scorer.pairs_scored,
+        "pairs_scored": pairs_scored_by_all(scorer),  # collective
         "best_prompt": rows[0] if rows else None,
         "baselines": baselines,
         "strongest_baseline": strongest(baselines),

@@ -18,10 +18,10 @@ from accelerate.utils import gather_object
 from transformers import AutoTokenizer
 
 from envs import PromptBatchEnv
-from rlprompt.checkpoint import seed_everything
+from rlprompt.checkpoint import load_checkpoint, seed_everything
 from rlprompt.config import TrainConfig
 from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,
-                                  world_size)
+                                  pairs_scored_by_all, world_size)
 from rlprompt.models import resolve_model_path
 from rlprompt.policy import PromptPolicy
 from rlprompt.scorer import CachedScorer
@@ -68,6 +68,8 @@ def reinforce_experiment(run_dir: Path) -> dict:
         "train_rewards": [h["charts/reward_mean"] for h in trainer.book.history],
         "prompts": list(trainer.book.leaderboard.records),
         "pairs_per_process": gather_object([scorer.pairs_scored]),
+        "pairs_by_all": pairs_scored_by_all(sharded),
+        "checkpoint_pairs": load_checkpoint(run_dir)["pairs_scored"],
     }
 
 

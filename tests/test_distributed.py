@@ -62,6 +62,9 @@ def test_two_processes_score_and_train_like_one(two_processes, tmp_path):
     # each process scored its share of the (prompt, example) pairs, together all of them
     assert len(two["pairs_per_process"]) == 2 and min(two["pairs_per_process"]) > 0
     assert sum(two["pairs_per_process"]) == one["pairs_per_process"][0]
+    # the summary's and the checkpoint's count are those of both processes, not rank 0's share
+    assert two["pairs_by_all"] == two["checkpoint_pairs"] == one["pairs_by_all"] == one["checkpoint_pairs"]
+    assert one["pairs_by_all"] == one["pairs_per_process"][0]
     # the gathered rewards are the one-process rewards, for fixed prompts and along training
     assert two["fixed_rewards"] == pytest.approx(one["fixed_rewards"], abs=1e-4)
     assert two["fixed_accs"] == one["fixed_accs"]
