@@ -155,10 +155,19 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
         if self.reward_on not in REWARD_ON:
             raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
+        if self.trainer != "reinforce":  # another trainer would silently leave these out
+            given = [name for name in REINFORCE_ONLY if getattr(self, name)]
+            given += ["update_kl"] if self.trainer == "trl-grpo" and self.update_kl else []
+            if given:
+                raise UserError(f"--{given[0].replace('_', '-')} works with --trainer reinforce only, "
+                                f"not {self.trainer}")
         if self.resume and self.overwrite:
             raise UserError("--overwrite starts a new run in the folder and --resume continues the run there; "
                             "give one of them")
 
+
+# settings that only the REINFORCE objective reads (--update-kl: every trainer but trl-grpo)
+REINFORCE_ONLY = ("entropy_target", "cov_clip", "elite_coef")
 
 # flag -> (lowest, highest, what to say): ints and floats must be finite and inside [lowest, highest]
 NUMBER_RULES = {

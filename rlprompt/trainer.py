@@ -23,7 +23,8 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 class Trainer:
     """The training loop: sample prompts, score them in the env, minimize the objective of --trainer
-    (`rlprompt.objectives`: REINFORCE with a z-scored reward, entropy and KL terms, or soft Q-learning).
+    (`rlprompt.objectives`: REINFORCE with a running or z-scored reward scale, entropy and KL terms, or soft
+    Q-learning).
 
     `train_env` is an `envs.PromptBatchEnv` of `cfg.prompts_per_step` prompts: each step the policy
     samples a batch of prompts (keeping the hidden states the update needs), the batch is played
