@@ -239,7 +239,7 @@ def run(argv=None) -> int:
                         "choose --splits among the splits it has")
 
     quiet_transformers()
-    from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.evaluation import evaluate_prompts, score_in_turn
     from rlprompt.models import dtype_name, load_lm
     from rlprompt.scorer import build_scorer
 
@@ -277,6 +277,8 @@ def run(argv=None) -> int:
     texts = [p for _, p in prompts]
     scorer.check_fits(texts + [""], [e.text for s in splits for e in data[s]])
     baselines = Baselines(scorer, task, args.seed, calibration_modes(mode), progress=True)
+    for s in splits:  # each example's prefix once for the baselines and the prompts (the same scores)
+        score_in_turn(scorer, [baselines.template_prompts(), texts], data[s], desc=s)
     rows = [{"source": b.pop("name"), "baseline": True, **b,
              **{f"{s}_n": len(data[s]) for s in splits}}
             for b in baselines.rows(data)]

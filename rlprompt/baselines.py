@@ -130,6 +130,11 @@ class Baselines:
                             "demos": [{"text": d.text, "label": d.label} for d in self.demos]})
         return out
 
+    def template_prompts(self) -> list[str]:
+        """The distinct prompts of the baselines on the task's own template (all but k-shot), in the
+        order `rows` scores them in one call per split."""
+        return list(dict.fromkeys(row["prompt"] for row in self.entries() if "demos" not in row))
+
     def rows(self, splits: dict[str, Sequence[Example]]) -> list[dict]:
         """Each baseline entry with `{split}_acc` (None for an empty split) for every split given.
 

@@ -20,6 +20,15 @@ def accuracy(logprobs: torch.Tensor, labels) -> torch.Tensor:
     return (logprobs.argmax(-1) == labels).float().mean(-1)
 
 
+def _shortest_first(scorer, examples: Sequence[Example], chunk_size: int) -> tuple[list[int], list[list[str]]]:
+    """(order, chunks): the examples' indices by rendered length, and their texts in chunks of that order."""
+    sentences = [ex.text for ex in examples]
+    encoder = getattr(scorer, "encoder", None)
+    length = (lambda s: len(encoder.encode_pair("", s))) if encoder is not None else len
+    order = sorted(range(len(sentences)), key=lambda i: length(sentences[i]))
+    return order, [[sentences[j] for j in order[i:i + chunk_size]] for i in range(0, len(order), chunk_size)]
+
+
 def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], chunk_size: int = 128,
                    progress: bool = True, desc: str | None = None) -> torch.Tensor:
     """(P, E, V) log-probs of every prompt on every example, through `scorer.score` in example chunks.
@@ -28,15 +37,12 @@ def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], 
     one-line and paragraph-long inputs), and the result is put back in the examples' order. The
     progress bar counts (prompt, example) pairs and advances after each chunk.
     """
-    prompts, sentences = list(prompts), [ex.text for ex in examples]
-    encoder = getattr(scorer, "encoder", None)
-    length = (lambda s: len(encoder.encode_pair("", s))) if encoder is not None else len
-    order = sorted(range(len(sentences)), key=lambda i: length(sentences[i]))
+    prompts = list(prompts)
+    order, chunks = _shortest_first(scorer, examples, chunk_size)
     parts = []
-    with tqdm(total=len(prompts) * len(sentences), desc=desc, unit="pair", disable=not progress,
+    with tqdm(total=len(prompts) * len(examples), desc=desc, unit="pair", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
-        for i in range(0, len(order), chunk_size):
-            chunk = [sentences[j] for j in order[i:i + chunk_size]]
+        for chunk in chunks:
             parts.append(scorer.score(prompts, chunk))
             bar.update(len(prompts) * len(chunk))
     if not parts:
@@ -44,6 +50,33 @@ def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], 
     scores = torch.empty_like(torch.cat(parts, dim=1))
     scores[:, order] = torch.cat(parts, dim=1)
     return scores
+
+
+def score_in_turn(scorer, prompt_lists: Sequence[Sequence[str]], examples: Sequence[Example],
+                  chunk_size: int = 128, progress: bool = True, desc: str | None = None) -> None:
+    """Fill a prefix-caching scorer's memo with every list of prompts on `examples`, chunk by chunk in
+    turn (each list on the first chunk, then each on the second, …), so each chunk's prefix keys and
+    values, which the scorer keeps for a few chunks only, are computed once for all the lists.
+
+    `score_examples` calls of the same lists in the same order afterwards read the memo: they return
+    exactly what they would have without this call, since every `scorer.score` call saw the same
+    prompts and examples. Does nothing for a scorer without a prefix cache.
+    """
+    from rlprompt.scorer import CachedScorer
+
+    inner = scorer
+    while not isinstance(inner, CachedScorer) and hasattr(inner, "scorer"):  # calibrated, sharded
+        inner = inner.scorer
+    lists = [list(p) for p in prompt_lists if p]
+    if not isinstance(inner, CachedScorer) or len(lists) < 2:
+        return
+    _, chunks = _shortest_first(scorer, examples, chunk_size)
+    with tqdm(total=sum(map(len, lists)) * len(examples), desc=desc, unit="pair", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
+        for chunk in chunks:
+            for prompts in lists:
+                scorer.score(prompts, chunk)
+                bar.update(len(prompts) * len(chunk))
 
 
 def evaluate_prompts(scorer, prompts: Sequence[str], examples: Sequence[Example], chunk_size: int = 128,

@@ -192,7 +192,9 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
     Training is already checkpointed: if test scoring is interrupted, the dev-only files stay and
     `--resume` runs this again. `book` is the book's Bookkeeper. `phases_s`: wall seconds of the
     phases before training (e.g. {"setup": 12.3}); the summary's `phases_s` adds training, the dev
-    baselines, the test scoring of the best prompts and the test baselines."""
+    baselines and three test phases: the best prompts and the baselines on the task's template scored
+    together (`test_together`: each test example's prefix runs once for all), then what is left of the
+    best prompts' scoring (memo hits) and of the baselines' (their k-shot demos)."""
     from rlprompt.baselines import Baselines, calibration_modes
     from rlprompt.calibration import raw
     from rlprompt.distributed import is_main_process
@@ -213,11 +215,15 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
     summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows, phases)
     if cfg.skip_test or not task.test:
         return summary
-    from rlprompt.evaluation import evaluate_prompts
+    from rlprompt.evaluation import evaluate_prompts, score_in_turn
 
     tested = best[:cfg.test_prompts]  # the chosen prompt first: test is for what was picked on dev
     texts = list(dict.fromkeys(r.prompt for r in tested))
     with sigterm_as_interrupt():
+        # the test examples' prefixes once for the prompts and the baselines, not once for each (same scores)
+        score_in_turn(raw(scorer), [texts, baselines.template_prompts() if baselines else []], task.test,
+                      progress=is_main_process(), desc="test")  # collective
+        lap("test_together")
         test = {row["prompt"]: row["accuracy"] for row in
                 evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective
         lap("test_prompts")

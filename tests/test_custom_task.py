@@ -231,7 +231,8 @@ def test_train_and_evaluate_a_csv_task_end_to_end(review_files, tiny_model_dir, 
     assert summary["best_prompt"]["test_acc"] is not None
     assert "| 1 | `" in (run_dir / "report.md").read_text()
     # where the run's time went, phase by phase, and on what machine
-    assert list(summary["phases_s"]) == ["setup", "train", "dev_baselines", "test_prompts", "test_baselines"]
+    assert list(summary["phases_s"]) == ["setup", "train", "dev_baselines", "test_together", "test_prompts",
+                                         "test_baselines"]
     assert all(s >= 0 for s in summary["phases_s"].values()) and summary["phases_s"]["setup"] > 0
     assert summary["hardware"]["device"] == "cpu" and summary["hardware"]["threads"] >= 1
     assert "time: setup " in proc.stdout and "time by phase" in (run_dir / "report.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples
+from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples, score_in_turn
 from rlprompt.scorer import CachedScorer, NaiveScorer, PromptEncoder, build_scorer, right_pad
 from rlprompt.tasks import Example, load_task
 
@@ -143,6 +143,37 @@ def test_score_examples_sorts_by_length_and_returns_the_examples_order(tiny_lm):
 
 
 # --- the real SmolLM2-135M ----------------------------------------------------------------------
+
+def test_scoring_in_turn_runs_each_prefix_once_and_changes_no_score(tiny_lm, monkeypatch):
+    """What finalize does before the test phase: the RL prompts and the baselines chunk by chunk, each
+    chunk's prefix run once; the usual calls afterwards are memo hits with the very same scores."""
+    model, tok = tiny_lm
+    examples = [Example(f"review {i}: " + "quite good " * (i % 9), i % 2) for i in range(300)]
+    lists = [["Rating:", "so"], ["", "What did the critic think?", "so"]]  # "so" in both, as the memo sees it
+
+    def scorer():
+        return CachedScorer(model, tok, "{sentence} {prompt} It was", [" terrible", " great"], prefix_cache_size=2)
+
+    prefix_runs = []
+    original = CachedScorer._prefix
+
+    def counted(self, sentences, key):
+        prefix_runs.append(key not in self._prefixes)
+        return original(self, sentences, key)
+
+    monkeypatch.setattr(CachedScorer, "_prefix", counted)
+    plain = scorer()
+    expected = [score_examples(plain, prompts, examples, progress=False) for prompts in lists]
+    assert sum(prefix_runs) == 2 * 5  # 300 examples = 5 prefix chunks of 64, run again for the second list
+    prefix_runs.clear()
+    turned = scorer()
+    score_in_turn(turned, lists, examples, progress=False)
+    assert sum(prefix_runs) == 5 and turned.pairs_scored == plain.pairs_scored
+    got = [score_examples(turned, prompts, examples, progress=False) for prompts in lists]
+    assert turned.pairs_scored == plain.pairs_scored  # nothing scored twice
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
 
 @pytest.mark.slow
 def test_cached_equals_naive_on_smollm2_fp32(smollm, data_dir):
