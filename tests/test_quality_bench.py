@@ -288,3 +288,10 @@ def test_a_label_made_under_other_defaults_is_not_taken_as_done(data_dir, tmp_pa
     now["method_config"]["lr"] = args.method_config["lr"]
     (tmp_path / "old" / "sst2__13.json").write_text(json.dumps(now))
     assert quality.load_done(args, "sst2", 13) == now
+
+
+def test_gpu_script_parses_and_names_its_stages():
+    script = REPO / "bench" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "prepare | stage1 | stage2" in proc.stderr

