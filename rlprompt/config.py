@@ -157,10 +157,11 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
         if self.trainer != "reinforce":  # another trainer would silently leave these out
             given = [name for name in REINFORCE_ONLY if getattr(self, name)]
-            given += ["update_kl"] if self.trainer == "trl-grpo" and self.update_kl else []
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} works with --trainer reinforce only, "
                                 f"not {self.trainer}")
+            if self.trainer == "trl-grpo" and self.update_kl:
+                raise UserError("--update-kl works with --trainer reinforce or sql, not trl-grpo")
         if self.resume and self.overwrite:
             raise UserError("--overwrite starts a new run in the folder and --resume continues the run there; "
                             "give one of them")

@@ -52,15 +52,17 @@ def score_examples(scorer, prompts: Sequence[str], examples: Sequence[Example], 
     return scores
 
 
-def score_in_turn(scorer, prompt_lists: Sequence[Sequence[str]], examples: Sequence[Example],
-                  chunk_size: int = 128, progress: bool = True, desc: str | None = None) -> None:
+def prefill_score_memo(scorer, prompt_lists: Sequence[Sequence[str]], examples: Sequence[Example],
+                       chunk_size: int = 128, progress: bool = True, desc: str | None = None) -> None:
     """Fill a prefix-caching scorer's memo with every list of prompts on `examples`, chunk by chunk in
     turn (each list on the first chunk, then each on the second, …), so each chunk's prefix keys and
     values, which the scorer keeps for a few chunks only, are computed once for all the lists.
 
     `score_examples` calls of the same lists in the same order afterwards read the memo: they return
     exactly what they would have without this call, since every `scorer.score` call saw the same
-    prompts and examples. Does nothing for a scorer without a prefix cache.
+    prompts and examples. Does nothing where nothing would be saved or the memo could not keep it all:
+    a scorer without a prefix cache, a template with the input after the prompt (its prefix is the same
+    for every example), fewer than two lists, or more scores than half the memo's room.
     """
     from rlprompt.scorer import CachedScorer
 
@@ -68,9 +70,12 @@ def score_in_turn(scorer, prompt_lists: Sequence[Sequence[str]], examples: Seque
     while not isinstance(inner, CachedScorer) and hasattr(inner, "scorer"):  # calibrated, sharded
         inner = inner.scorer
     lists = [list(p) for p in prompt_lists if p]
-    if not isinstance(inner, CachedScorer) or len(lists) < 2:
+    if not isinstance(inner, CachedScorer) or inner.group_by_length or len(lists) < 2:
         return
     _, chunks = _shortest_first(scorer, examples, chunk_size)
+    entries = sum(map(len, lists)) * sum(-(-len(c) // inner.example_chunk) for c in chunks)  # (prompt, sub-chunk)
+    if len(inner.score_cache) + entries > inner.score_cache_size // 2:
+        return
     with tqdm(total=sum(map(len, lists)) * len(examples), desc=desc, unit="pair", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
         for chunk in chunks:

@@ -193,8 +193,9 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
     `--resume` runs this again. `book` is the book's Bookkeeper. `phases_s`: wall seconds of the
     phases before training (e.g. {"setup": 12.3}); the summary's `phases_s` adds training, the dev
     baselines and three test phases: the best prompts and the baselines on the task's template scored
-    together (`test_together`: each test example's prefix runs once for all), then what is left of the
-    best prompts' scoring (memo hits) and of the baselines' (their k-shot demos)."""
+    together (`test_together`: each test example's prefix runs once for all; 0 s where there is nothing
+    to share, see `prefill_score_memo`), then the best prompts (memo hits, or all their scoring where
+    nothing was shared) and the baselines (their k-shot demos, or all of them)."""
     from rlprompt.baselines import Baselines, calibration_modes
     from rlprompt.calibration import raw
     from rlprompt.distributed import is_main_process
@@ -215,14 +216,14 @@ def finalize(cfg: TrainConfig, book, task, scorer, run_dir: Path, phases_s: dict
     summary = write_run_outputs(cfg, book, task, scorer, run_dir, best, rows, phases)
     if cfg.skip_test or not task.test:
         return summary
-    from rlprompt.evaluation import evaluate_prompts, score_in_turn
+    from rlprompt.evaluation import evaluate_prompts, prefill_score_memo
 
     tested = best[:cfg.test_prompts]  # the chosen prompt first: test is for what was picked on dev
     texts = list(dict.fromkeys(r.prompt for r in tested))
     with sigterm_as_interrupt():
         # the test examples' prefixes once for the prompts and the baselines, not once for each (same scores)
-        score_in_turn(raw(scorer), [texts, baselines.template_prompts() if baselines else []], task.test,
-                      progress=is_main_process(), desc="test")  # collective
+        prefill_score_memo(raw(scorer), [texts, baselines.template_prompts() if baselines else []], task.test,
+                           progress=is_main_process(), desc="test: prompts and baselines")  # collective
         lap("test_together")
         test = {row["prompt"]: row["accuracy"] for row in
                 evaluate_prompts(scorer, texts, task.test, progress=is_main_process())}  # collective

@@ -61,6 +61,8 @@ def reinforce_experiment(run_dir: Path) -> dict:
     seed_everything(cfg.seed)
     policy = PromptPolicy(fresh_tiny_lm(tok, seed=1), tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden)
     trainer = DataParallelTrainer(cfg, policy, env, env, run_dir)
+    due = trainer.book.checkpoint_due  # a checkpoint due on rank 0 alone (its own clock) must still be everyone's
+    trainer.book.checkpoint_due = lambda: due() or is_main_process()
     trainer.run(progress=False)
     return {
         "world": world_size(),

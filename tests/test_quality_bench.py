@@ -263,7 +263,8 @@ def test_runs_in_another_precision_than_the_label_or_its_baselines_are_refused(m
     with pytest.raises(UserError, match="mixed sst2 seed 13 was scored in bf16 on cpu, this machine would score "
                                         "in fp32"):
         quality.main(["--label", "mixed", "--seeds", "21", *common])
-    with pytest.raises(UserError, match="--baselines-from bf16-baselines .sst2 seed 13. was scored in bf16"):
+    with pytest.raises(UserError, match="--baselines-from bf16-baselines .sst2 seed 13. was scored in bf16.*"
+                                        "pass --task-dtype bf16"):
         quality.main(["--label", "fresh", "--seeds", "13", "--baselines-from", "bf16-baselines", *common])
     assert "running" not in capsys.readouterr().err and not (tmp_path / "runs").exists()  # refused before any run
     monkeypatch.setattr(quality, "run_precision", lambda args: ("cpu", "bf16"))  # where they were made: runs

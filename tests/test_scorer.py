@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlprompt.evaluation import accuracy, evaluate_prompts, score_examples, score_in_turn
+from rlprompt.evaluation import accuracy, evaluate_prompts, prefill_score_memo, score_examples
 from rlprompt.scorer import CachedScorer, NaiveScorer, PromptEncoder, build_scorer, right_pad
 from rlprompt.tasks import Example, load_task
 
@@ -144,7 +144,7 @@ def test_score_examples_sorts_by_length_and_returns_the_examples_order(tiny_lm):
 
 # --- the real SmolLM2-135M ----------------------------------------------------------------------
 
-def test_scoring_in_turn_runs_each_prefix_once_and_changes_no_score(tiny_lm, monkeypatch):
+def test_prefilled_memo_runs_each_prefix_once_and_changes_no_score(tiny_lm, monkeypatch):
     """What finalize does before the test phase: the RL prompts and the baselines chunk by chunk, each
     chunk's prefix run once; the usual calls afterwards are memo hits with the very same scores."""
     model, tok = tiny_lm
@@ -167,12 +167,17 @@ def test_scoring_in_turn_runs_each_prefix_once_and_changes_no_score(tiny_lm, mon
     assert sum(prefix_runs) == 2 * 5  # 300 examples = 5 prefix chunks of 64, run again for the second list
     prefix_runs.clear()
     turned = scorer()
-    score_in_turn(turned, lists, examples, progress=False)
+    prefill_score_memo(turned, lists, examples, progress=False)
     assert sum(prefix_runs) == 5 and turned.pairs_scored == plain.pairs_scored
     got = [score_examples(turned, prompts, examples, progress=False) for prompts in lists]
     assert turned.pairs_scored == plain.pairs_scored  # nothing scored twice
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+    small = CachedScorer(model, tok, "{sentence} {prompt} It was", [" terrible", " great"], score_cache_size=40)
+    prefill_score_memo(small, lists, examples, progress=False)  # 5 prompts x 5 sub-chunks: over half its room
+    after = CachedScorer(model, tok, "{prompt} {sentence} It was", [" terrible", " great"])
+    prefill_score_memo(after, lists, examples, progress=False)  # input after the prompt: no prefix to share
+    assert small.pairs_scored == after.pairs_scored == 0
 
 
 @pytest.mark.slow
