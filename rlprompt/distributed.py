@@ -107,6 +107,12 @@ class ShardedScorer:
         return self.scorer.verbalizer_ids
 
     @property
+    def encoder(self):
+        """The wrapped scorer's PromptEncoder (None without one): evaluation orders examples by its token
+        counts, so a sharded run scores the same chunks as one process."""
+        return getattr(self.scorer, "encoder", None)
+
+    @property
     def pairs_scored(self) -> int:
         """Pairs this process sent through its model (see `pairs_scored_by_all` for all processes)."""
         return self.scorer.pairs_scored

@@ -31,6 +31,8 @@ def test_sharded_scorer_in_one_process_is_the_scorer(tiny_lm):
     sentences = [e.text for e in EXAMPLES]
     expected = scorer.score(PROMPTS, sentences)
     torch.testing.assert_close(ShardedScorer(scorer).score(PROMPTS, sentences), expected)
+    # evaluation orders examples by the same token counts through the wrapper, so it scores the same chunks
+    assert ShardedScorer(scorer).encoder is scorer.encoder
 
 
 def free_port() -> int:
