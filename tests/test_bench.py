@@ -37,3 +37,18 @@ def test_position_bench_scores_every_prompt_after_and_before_the_input(tiny_mode
     for row in doc["templates"].values():
         assert len(row["none"]) == len(row["batch"]) == len(doc["prompts"])
         assert all(0 <= acc <= 100 and acc % 25 == 0 for acc in row["none"] + row["batch"])  # 4 examples
+
+
+def test_train_step_bench_profiles_the_steps_after_the_first(tiny_model_dir, data_dir, tmp_path):
+    table = tmp_path / "profile.txt"
+    proc = subprocess.run([sys.executable, "bench/train_step.py", "--model", str(tiny_model_dir), "--steps", "3",
+                           "--prompts-per-step", "4", "--task-dtype", "fp32", "--device", "cpu",
+                           "--data-dir", str(data_dir), "--profile", str(table)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 3 and result["median_step_s"] > 0
+    profile = result["profile"]
+    assert profile["sorted_by"] == "self_cpu_time_total" and "gpu_busy_share" not in profile
+    assert 0 < sum(op["share"] for op in profile["top"]) <= 1.001 and all(op["calls"] > 0 for op in profile["top"])
+    assert "Self CPU" in table.read_text()
