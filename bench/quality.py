@@ -11,7 +11,7 @@ flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (s
 robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
 committed), and a finished (task, seed) is not run again (the tables cover every finished seed of the
-label's tasks, so `--seeds 13`, then `--seeds 21`, … add up); a label's results made with other flags, or
+label's tasks, so `--seeds 13`, then `--seeds 21`, … add up, and tasks not named keep their rows); a label's results made with other flags, or
 with the same flags under other defaults (each result keeps the settings that define the method,
 `method_config`; older ones their calibration), are refused; one killed mid-run is continued from its
 checkpoint (`train.py --resume`). At the end it prints one JSON document and
@@ -304,6 +304,13 @@ def finished_seeds(args, task: str) -> set[int]:
     return {int(s) for s in found if s.isdigit()}
 
 
+def label_tasks(args) -> list[str]:
+    """This invocation's tasks, then any other task with a result under the label (so a run on some
+    tasks never drops the others from the label's tables)."""
+    found = {f.stem.rpartition("__")[0] for f in (Path(args.results) / args.label).glob("*__*.json")}
+    return list(args.tasks) + sorted(found - set(args.tasks))
+
+
 def repo_env(**extra) -> dict:
     """This process's environment with the repository first on PYTHONPATH, plus `extra`."""
     env = dict(os.environ, **extra)
@@ -486,7 +493,8 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(jobs) as pool:
         for key, r in pool.map(work, enumerate(todo)):  # raises the first failure, in order
             done[key] = r
-    covered = [(t, s) for t in args.tasks for s in sorted(set(args.seeds) | finished_seeds(args, t))]
+    covered = [(t, s) for t in label_tasks(args)
+               for s in sorted((set(args.seeds) if t in args.tasks else set()) | finished_seeds(args, t))]
     results = [done[p] if p in done else load_done(args, *p) for p in covered]  # seeds run one at a time add up
     tasks = aggregate(results)
     doc = {"label": args.label, "eval_set": args.eval_set, "method_args": args.passthrough,

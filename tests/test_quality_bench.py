@@ -296,3 +296,14 @@ def test_gpu_script_parses_and_names_its_stages():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert proc.returncode == 2 and "prepare | stage1 | stage2 SCRIPT" in proc.stderr
+
+
+def test_a_run_on_some_tasks_keeps_the_other_tasks_in_the_label_tables(data_dir, tmp_path):
+    method = tmp_path / "method.py"
+    method.write_text(FAKE_METHOD)
+    argv = ["--label", "both", "--seeds", "13", "--data-dir", str(data_dir), "--results", str(tmp_path / "results"),
+            "--runs-dir", str(tmp_path / "runs"), "--command", f"{sys.executable} {method} {{out}} {{seed}}"]
+    assert quality.main([*argv, "--tasks", "sst2,mr"]) == 0
+    assert quality.main([*argv, "--tasks", "sst2"]) == 0  # prints the finished sst2 seed: mr stays in the tables
+    doc = json.loads((tmp_path / "results" / "both" / "quality.json").read_text())
+    assert list(doc["tasks"]) == ["sst2", "mr"] and "| mr |" in (tmp_path / "results" / "both" / "quality.md").read_text()
