@@ -74,7 +74,12 @@ def prefill_score_memo(scorer, prompt_lists: Sequence[Sequence[str]], examples: 
         return
     _, chunks = _shortest_first(scorer, examples, chunk_size)
     entries = sum(map(len, lists)) * sum(-(-len(c) // inner.example_chunk) for c in chunks)  # (prompt, sub-chunk)
-    if len(inner.score_cache) + entries > inner.score_cache_size // 2:
+    fits = len(inner.score_cache) + entries <= inner.score_cache_size // 2
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from rlprompt.distributed import same_on_all_processes
+
+        fits = same_on_all_processes(fits)  # each process's memo is its own: all must make the same calls
+    if not fits:
         return
     with tqdm(total=sum(map(len, lists)) * len(examples), desc=desc, unit="pair", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
