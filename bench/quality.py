@@ -11,10 +11,10 @@ flags after `--`), one after another on a CPU and `--jobs` at a time on a GPU (s
 robin). The run's summary.json gives the RL prompt's and every baseline's accuracy on the eval set; a
 small result JSON per (task, seed) goes to `<results>/<label>/<task>__<seed>.json` (meant to be
 committed), and a finished (task, seed) is not run again (the tables cover every finished seed of the
-label's tasks, so `--seeds 13`, then `--seeds 21`, … add up, and tasks not named keep their rows); a label's results made with other flags, or
-with the same flags under other defaults (each result keeps the settings that define the method,
-`method_config`; older ones their calibration), are refused; one killed mid-run is continued from its
-checkpoint (`train.py --resume`). At the end it prints one JSON document and
+label, so `--seeds 13`, then `--seeds 21`, … add up, and tasks a run does not name keep their rows); a
+label's results made with other flags, or with the same flags under other defaults (each result keeps
+the settings that define the method, `method_config`; older ones their calibration), are refused; one
+killed mid-run is continued from its checkpoint (`train.py --resume`). At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
 would and the margin over that, wall time, pairs scored), also written next to the
