@@ -62,6 +62,11 @@ def demo_template(task: Task, demos: Sequence[Example]) -> str:
     return DEMO_SEPARATOR.join(rendered + [task.template])
 
 
+def distinct_prompts(rows) -> list[str]:
+    """The rows' prompts, each once, in order of first appearance: what one scoring call gets."""
+    return list(dict.fromkeys(row["prompt"] for row in rows))
+
+
 def _same_kind(scorer, template: str, verbalizers: list[str]):
     """A scorer like `scorer` (same model, kind, sharding) for another template."""
     from rlprompt.distributed import ShardedScorer, unwrap_scorer
@@ -133,7 +138,7 @@ class Baselines:
     def template_prompts(self) -> list[str]:
         """The distinct prompts of the baselines on the task's own template (all but k-shot), in the
         order `rows` scores them in one call per split."""
-        return list(dict.fromkeys(row["prompt"] for row in self.entries() if "demos" not in row))
+        return distinct_prompts(row for row in self.entries() if "demos" not in row)
 
     def rows(self, splits: dict[str, Sequence[Example]]) -> list[dict]:
         """Each baseline entry with `{split}_acc` (None for an empty split) for every split given.
@@ -152,7 +157,7 @@ class Baselines:
                         row[f"{split}_acc"] = None
                     continue
                 scorer = self.demo_scorer() if demos else self.scorer
-                prompts = list(dict.fromkeys(row["prompt"] for row in group))
+                prompts = distinct_prompts(group)
                 try:
                     logprobs = score_examples(scorer, prompts, examples, progress=self.progress, desc="baselines")
                     accs = []
