@@ -92,7 +92,8 @@ def parse_args(argv):
                    "{test}) filled in; it must write {out}/summary.json as train.py does (default: train.py)")
     args = p.parse_args(argv)
     args.passthrough = passthrough
-    args.method_config = None if args.command else method_config(vars(train_flags(passthrough)))
+    args.train_flags = None if args.command else train_flags(passthrough)  # train.py's settings of these flags
+    args.method_config = None if args.command else method_config(vars(args.train_flags))
     args.tasks = parse_list(args.tasks) or []
     try:
         args.seeds = [int(s) for s in parse_list(args.seeds) or []]
@@ -198,13 +199,12 @@ def method_config(config: dict) -> dict:
 def run_precision(args) -> tuple[str, str] | None:
     """(device type, task LM dtype) that train.py will score in on this machine with the flags after
     `--`, e.g. ('cpu', 'fp32') on an AVX2-only CPU; None for a `--command` method (its flags are its own)."""
-    if args.command:
+    if args.train_flags is None:
         return None
     from rlprompt.models import dtype_name, parse_dtype, pick_device
 
-    flags = train_flags(args.passthrough)
-    device = pick_device(flags.device)
-    return device.type, dtype_name(parse_dtype(flags.task_dtype, device))
+    device = pick_device(args.train_flags.device)
+    return device.type, dtype_name(parse_dtype(args.train_flags.task_dtype, device))
 
 
 def result_precision(result: dict) -> tuple[str, str] | None:
@@ -465,9 +465,10 @@ def main(argv=None) -> int:
             check_precision(mine, {f"--baselines-from {args.baselines_from} ({t} seed {s})": other},
                             "run it where that was made, pass --task-dtype {dtype} after --, or score "
                             "baselines of your own (no --baselines-from) under another --label")
-    finished = {(t, s) for t in args.tasks for s in finished_seeds(args, t)}
-    check_precision(mine, {f"{args.label} {t} seed {s}": done.get((t, s)) or load_done(args, t, s)
-                           for t, s in sorted(finished)}, "run the label where it was made, or use another --label")
+    finished = sorted((t, s) for t in args.tasks for s in finished_seeds(args, t))
+    done.update({p: load_done(args, *p) for p in finished if done.get(p) is None})  # read once, reused below
+    check_precision(mine, {f"{args.label} {t} seed {s}": done[(t, s)] for t, s in finished},
+                    "run the label where it was made, or use another --label")
     devices = gpus()
     jobs = (min(8, len(todo)) if devices else 1) if args.jobs == "auto" else int(args.jobs)
     jobs = max(1, jobs)
