@@ -267,20 +267,23 @@ class Bookkeeper:
             self.train_s, self._clock = self.train_s + now - self._clock, now
 
     def save(self) -> Path | None:
-        """Write the checkpoint atomically (rank 0 only; the other processes wait for it)."""
-        from rlprompt.distributed import pairs_scored_by_all
+        """Write the checkpoint atomically (rank 0 only; the other processes wait for it, and stop with
+        the same UserError when it could not be written)."""
+        from rlprompt.distributed import pairs_scored_by_all, same_on_all_processes
 
         self._bank_time()
-        path = None
+        path, error = None, None
         pairs = pairs_scored_by_all(self.train_env.scorer)  # collective: every process, before rank 0 writes
         if not _distributed() or torch.distributed.get_rank() == 0:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 path = save_checkpoint(self.run_dir, self.state_dict(pairs))
             except OSError as e:
-                raise UserError(f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}") from None
-        if _distributed():
-            torch.distributed.barrier()
+                error = f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}"
+        if _distributed():  # rank 0's outcome, sent once the file is written: the others wait for it here
+            error = same_on_all_processes(error)
+        if error:
+            raise UserError(error)
         self._saved_at = time.monotonic()
         return path
 

@@ -22,6 +22,7 @@ from rlprompt.checkpoint import load_checkpoint, seed_everything
 from rlprompt.config import TrainConfig
 from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,
                                   pairs_scored_by_all, world_size)
+from rlprompt.errors import UserError
 from rlprompt.models import resolve_model_path
 from rlprompt.policy import PromptPolicy
 from rlprompt.scorer import CachedScorer
@@ -64,8 +65,15 @@ def reinforce_experiment(run_dir: Path) -> dict:
     due = trainer.book.checkpoint_due  # a checkpoint due on rank 0 alone (its own clock) must still be everyone's
     trainer.book.checkpoint_due = lambda: due() or is_main_process()
     trainer.run(progress=False)
+    trainer.book.run_dir = run_dir / "checkpoint.pt" / "inside"  # rank 0 cannot write there (a file is in the way)
+    try:
+        trainer.book.save()
+        failed = None
+    except UserError as e:
+        failed = str(e)
     return {
         "world": world_size(),
+        "checkpoint_errors": gather_object([failed]),
         "fixed_rewards": [float(r) for r in fixed_rewards], "fixed_accs": [float(a) for a in fixed_accs],
         "train_rewards": [h["charts/reward_mean"] for h in trainer.book.history],
         "prompts": list(trainer.book.leaderboard.records),

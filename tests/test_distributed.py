@@ -72,6 +72,9 @@ def test_two_processes_score_and_train_like_one(two_processes, tmp_path):
     assert two["fixed_accs"] == one["fixed_accs"]
     assert two["train_rewards"] == pytest.approx(one["train_rewards"], abs=1e-4)
     assert two["prompts"] == one["prompts"]
+    # a checkpoint rank 0 cannot write stops every process with its error, none is left waiting for it
+    assert len(two["checkpoint_errors"]) == 2 and len(set(two["checkpoint_errors"])) == 1
+    assert two["checkpoint_errors"][0].startswith("cannot write checkpoint in ") and one["checkpoint_errors"][0]
 
 
 @pytest.mark.slow
