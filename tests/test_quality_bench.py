@@ -153,6 +153,21 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert gone.returncode == 0, gone.stderr[-2000:]
     assert json.loads(gone.stdout)["labels"]["smoke"]["rules"] == rules  # read back: its run folders are elsewhere
 
+    ensemble = [sys.executable, str(REPO / "bench" / "ensemble.py"), "--selection-results", str(tmp_path / "selection"),
+                "--results", str(tmp_path / "ensemble"), "--task-model", tiny, "--task-dtype", "fp32", "--pool", "4",
+                "--data-dir", str(data_dir)]
+    proc = subprocess.run(ensemble + ["--label", "smoke"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    used = json.loads((tmp_path / "ensemble" / "smoke" / "sst2__13.json").read_text())
+    assert used["eval_n"] == 872 and used["pool"] == 4 and used["candidates"] == len(scored)
+    assert used["rules"]["dev"]["prompt"] == dev_pick["prompt"]  # the run's own pick, scored again
+    assert used["rules"]["dev"]["eval_acc"] == pytest.approx(dev_pick["eval_acc"], abs=2 / 872)
+    assert len(used["agree_64"]) == len(used["agree_pool"]) == len(scored)
+    assert {"no prompt", "manual (best on dev)", "manual ensemble"} <= set(used["baselines"])
+    assert json.loads(proc.stdout)["seeds"] == [13]
+    proc = subprocess.run(ensemble + ["--label", "nothing"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "bench/selection.py --labels nothing" in proc.stderr
+
     missing = bench([a if a != "smoke" else "other" for a in common] + ["--baselines-from", "nothing"] + flags,
                     tmp_path)
     assert missing.returncode == 2 and "run that label first" in missing.stderr
