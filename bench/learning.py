@@ -33,10 +33,20 @@ from rlprompt.runs import per_run_results
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_scorer(state: dict, cfg, task):
+    """The run's task-LM scorer holding the run's score memo: the train-input scores of every prompt it
+    sampled (what each calibration vector is the mean of) and the dev scores of those it checked come from
+    the run instead of being scored again."""
+    from rlprompt.build import build_task_scorer
+
+    scorer = build_task_scorer(cfg, task)
+    scorer.load_state_dict(state.get("scorer", {}))
+    return scorer
+
+
 def analyse(run_dir: Path, early_steps: int) -> dict:
     """The learning figures of one finished run (see the module docstring)."""
     from rlprompt.bookkeeping import Leaderboard
-    from rlprompt.build import build_task_scorer
     from rlprompt.evaluation import evaluate_prompts
     from rlprompt.runs import load_finished_run
 
@@ -47,7 +57,7 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
     records = state["leaderboard"]
     early = [r for r in records if r["step"] < early_steps]
     todo = [r["prompt"] for r in early if r["dev_acc"] is None]
-    scorer = build_task_scorer(cfg, task)
+    scorer = run_scorer(state, cfg, task)
     dev = {row["prompt"]: row["accuracy"]
            for row in (evaluate_prompts(scorer, todo, task.dev, progress=False) if todo else [])}
     early_dev = {r["prompt"]: r["dev_acc"] if r["dev_acc"] is not None else dev[r["prompt"]] for r in early}
@@ -75,7 +85,6 @@ def analyse(run_dir: Path, early_steps: int) -> dict:
 
 def greedy_curve(run_dir: Path) -> list[list]:
     """[step, eval-set accuracy] of the greedy prompt logged at each of the run's dev checks."""
-    from rlprompt.build import build_task_scorer
     from rlprompt.evaluation import evaluate_prompts
     from rlprompt.runs import load_finished_run
 
@@ -83,7 +92,7 @@ def greedy_curve(run_dir: Path) -> list[list]:
     logged = [(h["step"], h["greedy_prompt"]) for h in state["history"] if "greedy_prompt" in h]
     texts = list(dict.fromkeys(prompt for _, prompt in logged))
     acc = {row["prompt"]: row["accuracy"] for row in
-           evaluate_prompts(build_task_scorer(cfg, task), texts, task.test, progress=False)}
+           evaluate_prompts(run_scorer(state, cfg, task), texts, task.test, progress=False)}
     return [[step, acc[prompt]] for step, prompt in logged]
 
 
