@@ -29,6 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 
@@ -56,7 +57,7 @@ def ensemble_accuracy(logprobs, labels) -> float:
 
 def score_seed(raw_scorer, label_dir: Path, seed: int, pool: list[str], data_dir: Path, top: int) -> dict:
     """Every rule's pick and the ensembles of one seed's candidates, with the baselines, on the 872."""
-    from rlprompt.baselines import manual_candidates
+    from rlprompt.baselines import Baselines, manual_candidates
     from rlprompt.calibration import calibrated, unlabeled_inputs
     from rlprompt.evaluation import accuracy, score_examples
     from rlprompt.tasks import find_spec
@@ -90,10 +91,9 @@ def score_seed(raw_scorer, label_dir: Path, seed: int, pool: list[str], data_dir
     for k in ENSEMBLE_SIZES:
         if k <= len(cands):
             rl[f"ensemble-{k}"] = {"prompts": texts[:k], "eval_acc": ensemble_accuracy(logprobs[:k], labels)}
-    manual_dev = accuracy(scorer.score(manual, [e.text for e in task.dev]), [e.label for e in task.dev]).tolist()
     m0 = len(eval_idx) + 1
     baselines = {"no prompt": acc_of[""],
-                 "manual (best on dev)": accs[m0 + max(range(len(manual)), key=lambda i: manual_dev[i])],
+                 "manual (best on dev)": acc_of[Baselines(raw_scorer, task, seed, k=0).manual_prompt("batch")],
                  "manual (best in hindsight)": max(accs[m0:]),
                  "manual ensemble": ensemble_accuracy(logprobs[m0:], labels)}
     return {"label": label_dir.name, "task": "sst2", "seed": seed, "eval_n": len(labels), "candidates": len(cands),
@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     from rlprompt.config import TrainConfig
     from rlprompt.minibatch import fixed_sample
     from rlprompt.models import load_lm
+    from rlprompt.runs import cached_json
     from rlprompt.scorer import build_scorer
     from rlprompt.tasks import find_spec, read_tsv, resolve_data_dir
 
@@ -146,6 +147,11 @@ def main(argv=None) -> int:
     label_dir = Path(args.selection_results) / args.label
     if not label_dir.is_dir():
         raise UserError(f"{label_dir} not found: run bench/selection.py --labels {args.label} first")
+    seeds = ([int(s) for s in args.seeds.split(",") if s] if args.seeds else
+             sorted(int(f.stem.split("__")[1]) for f in label_dir.glob("sst2__*.json")))
+    missing = [s for s in seeds if not (label_dir / f"sst2__{s}.json").is_file()]
+    if missing or not seeds:
+        raise UserError(f"{label_dir}: no SST-2 candidates for seed(s) {missing or 'any'}")
     out = Path(args.results) / args.label
     out.mkdir(parents=True, exist_ok=True)
     spec = find_spec("sst2")
@@ -154,25 +160,15 @@ def main(argv=None) -> int:
     raw_scorer = build_scorer(model, tok, spec.template, spec.verbalizers)
     pool = [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), args.pool, 0)] if args.pool else []
     results = []
-    seeds = ([int(s) for s in args.seeds.split(",") if s] if args.seeds else
-             sorted(int(f.stem.split("__")[1]) for f in label_dir.glob("sst2__*.json")))
-    missing = [s for s in seeds if not (label_dir / f"sst2__{s}.json").is_file()]
-    if missing or not seeds:
-        raise UserError(f"{label_dir}: no SST-2 candidates for seed(s) {missing or 'any'}")
     for seed in seeds:
-        path = out / f"sst2__{seed}.json"
-        if path.is_file():
-            result = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            result = {**score_seed(raw_scorer, label_dir, seed, pool, data_dir, args.top), "task_dtype": dtype}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-            tmp.replace(path)
+        result, made = cached_json(out / f"sst2__{seed}.json", lambda: {
+            **score_seed(raw_scorer, label_dir, seed, pool, data_dir, args.top), "task_dtype": dtype})
+        if made:
             print(f"[{args.label}/sst2__{seed}] " + ", ".join(f"{k} {100 * v['eval_acc']:.1f}"
                                                               for k, v in result["rules"].items()), file=sys.stderr)
         results.append(result)
     summary = summarize(results)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
     return 0
 
