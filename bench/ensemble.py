@@ -24,6 +24,7 @@ redone); the means over seeds are printed and written to bench/results/ensemble/
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -154,15 +155,23 @@ def main(argv=None) -> int:
         raise UserError(f"{label_dir}: no SST-2 candidates for seed(s) {missing or 'any'}")
     out = Path(args.results) / args.label
     out.mkdir(parents=True, exist_ok=True)
-    spec = find_spec("sst2")
-    model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    raw_scorer = build_scorer(model, tok, spec.template, spec.verbalizers)
-    pool = [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), args.pool, 0)] if args.pool else []
+
+    @functools.cache
+    def scoring() -> tuple:
+        """(raw scorer, its dtype, the unlabelled pool): loaded once, and only when a seed is not cached."""
+        spec = find_spec("sst2")
+        model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        pool = [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), args.pool, 0)] if args.pool else []
+        return build_scorer(model, tok, spec.template, spec.verbalizers), dtype, pool
+
+    def make(seed: int) -> dict:
+        raw_scorer, dtype, pool = scoring()
+        return {**score_seed(raw_scorer, label_dir, seed, pool, data_dir, args.top), "task_dtype": dtype}
+
     results = []
     for seed in seeds:
-        result, made = cached_json(out / f"sst2__{seed}.json", lambda: {
-            **score_seed(raw_scorer, label_dir, seed, pool, data_dir, args.top), "task_dtype": dtype})
+        result, made = cached_json(out / f"sst2__{seed}.json", lambda: make(seed))
         if made:
             print(f"[{args.label}/sst2__{seed}] " + ", ".join(f"{k} {100 * v['eval_acc']:.1f}"
                                                               for k, v in result["rules"].items()), file=sys.stderr)

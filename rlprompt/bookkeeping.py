@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rlprompt.checkpoint import rng_state, save_checkpoint, set_rng_state
 from rlprompt.config import TrainConfig
+from rlprompt.distributed import is_distributed, pairs_scored_by_all, same_on_all_processes
 from rlprompt.errors import UserError
 
 EARLY_STOP = "early stop: dev accuracy did not improve"
@@ -78,17 +79,11 @@ def repeated_token_rate(tokens: torch.Tensor) -> float:
     return float(np.mean([len(set(row.tolist())) < len(row) for row in tokens]))
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def _agreed(flag: bool) -> bool:
     """Rank 0's `flag` on every process under torch.distributed (a collective), else `flag`: decisions
     that lead into collectives (stop, save) must not follow each process's own clock or signals."""
-    if not _distributed():
+    if not is_distributed():
         return flag
-    from rlprompt.distributed import same_on_all_processes
-
     return bool(same_on_all_processes(flag))
 
 
@@ -258,7 +253,7 @@ class Bookkeeper:
         if hasattr(scorer, "load_state_dict"):
             scorer.load_state_dict(state.get("scorer", {"score_cache": state.get("score_cache", {})}))
         # Summed over resumes, as train_s is. The count saved is all processes' (see `save`): rank 0 banks it.
-        if hasattr(scorer, "pairs_scored") and (not _distributed() or torch.distributed.get_rank() == 0):
+        if hasattr(scorer, "pairs_scored") and (not is_distributed() or torch.distributed.get_rank() == 0):
             scorer.pairs_scored += state.get("pairs_scored", 0)
 
     def _bank_time(self) -> None:
@@ -269,18 +264,16 @@ class Bookkeeper:
     def save(self) -> Path | None:
         """Write the checkpoint atomically (rank 0 only; the other processes wait for it, and stop with
         the same UserError when it could not be written)."""
-        from rlprompt.distributed import pairs_scored_by_all, same_on_all_processes
-
         self._bank_time()
         path, error = None, None
         pairs = pairs_scored_by_all(self.train_env.scorer)  # collective: every process, before rank 0 writes
-        if not _distributed() or torch.distributed.get_rank() == 0:
+        if not is_distributed() or torch.distributed.get_rank() == 0:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 path = save_checkpoint(self.run_dir, self.state_dict(pairs))
             except OSError as e:
                 error = f"cannot write checkpoint in {self.run_dir}: {e.strerror or e}"
-        if _distributed():  # rank 0's outcome, sent once the file is written: the others wait for it here
+        if is_distributed():  # rank 0's outcome, sent once the file is written: the others wait for it here
             error = same_on_all_processes(error)
         if error:
             raise UserError(error)

@@ -70,8 +70,8 @@ def reward_examples(cfg: TrainConfig, task) -> list:
 
 def trainer_class(cfg: TrainConfig):
     """The loop of --trainer: the REINFORCE Trainer (data-parallel under accelerate), or trl's GRPO."""
-    from rlprompt.distributed import DataParallelTrainer, world_size
-    from rlprompt.trainer import Trainer
+    from rlprompt.distributed import world_size
+    from rlprompt.trainer import DataParallelTrainer, Trainer
 
     if cfg.trainer == "trl-grpo":
         from rlprompt.trl_trainer import GRPOPromptTrainer

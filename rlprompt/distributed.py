@@ -3,8 +3,8 @@
 Scoring is most of a training step, so that is what is split: every process samples the same prompts
 (same seed, same synchronized policy), `ShardedScorer` lets each process score them on its share of the
 examples, and the log-probs are gathered before rewards are computed and normalized, so every process
-sees the rewards of the whole step. `DataParallelTrainer` then runs the (cheap) update on every process
-and copies rank 0's adaptor to the others, so rounding cannot make the copies drift apart.
+sees the rewards of the whole step. `rlprompt.trainer.DataParallelTrainer` then runs the (cheap) update on
+every process and copies rank 0's adaptor to the others, so rounding cannot make the copies drift apart.
 
 With one process all of this is a no-op.
 """
@@ -16,7 +16,6 @@ import hashlib
 import torch
 
 from rlprompt.errors import UserError
-from rlprompt.trainer import Trainer
 
 
 def process_state(device: str | None = None):
@@ -30,10 +29,15 @@ def process_state(device: str | None = None):
     return PartialState(cpu=cpu)
 
 
+def is_distributed() -> bool:
+    """True once torch.distributed has started (under `accelerate launch`), even with one process."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def end_processes() -> None:
     """Leave the process group (under `accelerate launch`, once all processes are done): a gloo group
     left to the interpreter's exit can abort it ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
@@ -74,7 +78,7 @@ def pairs_scored_by_all(scorer) -> int:
     """(prompt, example) pairs that all processes together sent through their task LMs: the scorer's own
     count in one process; under `accelerate launch` a collective call, to be made on every process."""
     pairs = getattr(scorer, "pairs_scored", 0)
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return pairs
     from accelerate.utils import gather_object
 
@@ -166,18 +170,3 @@ def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
     with torch.no_grad():
         for tensor in list(module.parameters()) + list(module.buffers()):
             torch.distributed.broadcast(tensor.data, src=src)
-
-
-class DataParallelTrainer(Trainer):
-    """The REINFORCE Trainer under `accelerate launch`: scoring is sharded (give it envs built on a
-    ShardedScorer), the update runs on every process, rank 0's adaptor is then copied to all, and only
-    rank 0 writes the checkpoint (as the Bookkeeper does under torch.distributed)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        broadcast_module_(self.policy.adaptor)  # the same starting policy everywhere
-
-    def train_step(self) -> dict:
-        metrics = super().train_step()
-        broadcast_module_(self.policy.adaptor)
-        return metrics

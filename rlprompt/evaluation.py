@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rlprompt.distributed import is_distributed, same_on_all_processes
 from rlprompt.tasks import Example
 
 
@@ -75,9 +76,7 @@ def prefill_score_memo(scorer, prompt_lists: Sequence[Sequence[str]], examples: 
     _, chunks = _shortest_first(scorer, examples, chunk_size)
     entries = sum(map(len, lists)) * sum(-(-len(c) // inner.example_chunk) for c in chunks)  # (prompt, sub-chunk)
     fits = len(inner.score_cache) + entries <= inner.score_cache_size // 2
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from rlprompt.distributed import same_on_all_processes
-
+    if is_distributed():
         fits = same_on_all_processes(fits)  # each process's memo is its own: all must make the same calls
     if not fits:
         return

@@ -11,6 +11,7 @@ import torch
 from envs import step_through
 from rlprompt.bookkeeping import Bookkeeper, repeated_token_rate
 from rlprompt.config import TrainConfig
+from rlprompt.distributed import broadcast_module_
 from rlprompt.errors import UserError
 from rlprompt.minibatch import TrainBatches
 from rlprompt.objectives import make_objective
@@ -139,3 +140,18 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Resume from a checkpoint's contents."""
         self.book.load_state_dict(state)
+
+
+class DataParallelTrainer(Trainer):
+    """The REINFORCE Trainer under `accelerate launch`: scoring is sharded (give it envs built on a
+    ShardedScorer), the update runs on every process, rank 0's adaptor is then copied to all, and only
+    rank 0 writes the checkpoint (as the Bookkeeper does under torch.distributed)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        broadcast_module_(self.policy.adaptor)  # the same starting policy everywhere
+
+    def train_step(self) -> dict:
+        metrics = super().train_step()
+        broadcast_module_(self.policy.adaptor)
+        return metrics

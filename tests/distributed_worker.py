@@ -20,12 +20,12 @@ from transformers import AutoTokenizer
 from envs import PromptBatchEnv
 from rlprompt.checkpoint import load_checkpoint, seed_everything
 from rlprompt.config import TrainConfig
-from rlprompt.distributed import (DataParallelTrainer, ShardedScorer, end_processes, is_main_process,
-                                  pairs_scored_by_all, world_size)
+from rlprompt.distributed import ShardedScorer, end_processes, is_main_process, pairs_scored_by_all, world_size
 from rlprompt.errors import UserError
 from rlprompt.models import resolve_model_path
 from rlprompt.policy import PromptPolicy
 from rlprompt.scorer import CachedScorer
+from rlprompt.trainer import DataParallelTrainer
 from rlprompt.tasks import Example
 from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
 

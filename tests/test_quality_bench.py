@@ -165,6 +165,10 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert len(used["agree_64"]) == len(used["agree_pool"]) == len(scored)
     assert {"no prompt", "manual (best on dev)", "manual ensemble"} <= set(used["baselines"])
     assert json.loads(proc.stdout)["seeds"] == [13]
+    again = [a if a != tiny else str(tmp_path / "no-such-model") for a in ensemble]
+    proc = subprocess.run(again + ["--label", "smoke"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # every seed read back: no model loaded
+    assert json.loads(proc.stdout)["seeds"] == [13]
     proc = subprocess.run(ensemble + ["--label", "nothing"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "bench/selection.py --labels nothing" in proc.stderr
 
