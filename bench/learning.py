@@ -154,7 +154,7 @@ def main(argv=None) -> int:
            "per_run": {Path(r["run"]).name: {k: r[k]["eval_acc"] for k in
                                              ("early_best", "final_greedy", "chosen", "train_dev_pick")}
                        for r in rows}}
-    (out / "learning.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "learning.json", json.dumps(doc, indent=2) + "\n")
     if args.curves:
         plot_curves(rows, out / "greedy_curves.png", args.label)
     print(json.dumps(doc, indent=2))

@@ -53,7 +53,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rlprompt.checkpoint import CHECKPOINT_NAME
+from rlprompt.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.tasks import SEEDS, parse_list, resolve_data_dir
@@ -342,9 +342,7 @@ def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
         result = with_baselines(result, other)
     path = result_path(args, task, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     if args.learning:
         learning(args)
     return result
@@ -502,8 +500,8 @@ def main(argv=None) -> int:
            "command": args.command or "train.py", "tasks": tasks}
     table = markdown(args.label, tasks)
     folder = Path(args.results) / args.label
-    (folder / "quality.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "quality.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(folder / "quality.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / "quality.md", table + "\n")
     print(json.dumps(doc, indent=2, ensure_ascii=False))
     print()
     print(table)

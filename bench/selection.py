@@ -29,6 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.runs import per_run_results
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
             runs.append(run)
         doc["labels"][label] = {"runs": len(runs), "rules": summarize(runs)}
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    (Path(args.results) / "selection.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(args.results) / "selection.json", json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -15,12 +15,21 @@ from rlprompt.errors import UserError
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def _file_mode() -> int:
+    """The permissions open() gives a new file (0o666 less the umask), not mkstemp's private 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, fsync, then rename over `path`."""
+    """Call write(file) on a temp file beside `path`, fsync, then rename over `path` (which gets the
+    permissions a plain open() would give it)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())
             write(f)
             f.flush()
             os.fsync(f.fileno())

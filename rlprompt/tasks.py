@@ -259,8 +259,10 @@ class TaskSpec:
         path = Path(path)
         text = json.dumps(data, indent=2, ensure_ascii=False) if path.suffix == ".json" \
             else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        from rlprompt.checkpoint import atomic_write_text
+
         try:
-            path.write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)  # --resume and evaluate.py --run read it back
         except OSError as e:
             raise UserError(f"cannot write task file {path}: {e.strerror or e}") from None
 

@@ -190,3 +190,20 @@ def test_offline_by_default(tmp_path, data_dir):
     proc = guarded(log, "evaluate.py", "--task-model", "nobody/no-such-model", "--data-dir", str(data_dir))
     assert proc.returncode == 2 and "--allow-download" in proc.stderr, proc.stderr[-2000:]
     assert not log.exists(), log.read_text()
+
+
+def test_atomic_write_replaces_whole_and_keeps_usual_permissions(tmp_path):
+    """A file written atomically holds the new text only, leaves no temp file, and gets the permissions
+    open() would give it (0o666 less the umask), not the private 0o600 of the temp file it was made as."""
+    from rlprompt.checkpoint import atomic_write_text
+
+    path = tmp_path / "summary.json"
+    path.write_text("old, longer text", encoding="utf-8")
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write_text(path, "new")
+    finally:
+        os.umask(old_umask)
+    assert path.read_text(encoding="utf-8") == "new"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
