@@ -15,11 +15,14 @@ from rlprompt.errors import UserError
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def _file_mode() -> int:
-    """The permissions open() gives a new file (0o666 less the umask), not mkstemp's private 0o600."""
-    umask = os.umask(0)
+def _umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it is to set it; done once, at import, not per write
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# The permissions open() gives a new file (0o666 less the umask), not mkstemp's private 0o600.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -29,7 +32,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _file_mode())
+            os.fchmod(f.fileno(), FILE_MODE)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -197,13 +197,11 @@ def test_atomic_write_replaces_whole_and_keeps_usual_permissions(tmp_path):
     open() would give it (0o666 less the umask), not the private 0o600 of the temp file it was made as."""
     from rlprompt.checkpoint import atomic_write_text
 
-    path = tmp_path / "summary.json"
+    path, plain = tmp_path / "summary.json", tmp_path / "plain.txt"
     path.write_text("old, longer text", encoding="utf-8")
-    old_umask = os.umask(0o022)
-    try:
-        atomic_write_text(path, "new")
-    finally:
-        os.umask(old_umask)
+    atomic_write_text(path, "new")
+    plain.write_text("made by open()", encoding="utf-8")
     assert path.read_text(encoding="utf-8") == "new"
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # 0o644 under the usual umask 022
+    plain.unlink()
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
