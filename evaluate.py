@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.baselines import strongest
@@ -120,9 +121,7 @@ def write_json(path: Path, data: dict) -> None:
     """Write `data` as JSON atomically (a temporary file, then a rename)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -25,8 +25,8 @@ from rlprompt.errors import UserError
 from rlprompt.models import resolve_model_path
 from rlprompt.policy import PromptPolicy
 from rlprompt.scorer import CachedScorer
-from rlprompt.trainer import DataParallelTrainer
 from rlprompt.tasks import Example
+from rlprompt.trainer import DataParallelTrainer
 from tests.rl_helpers import TOY_EXAMPLES, ParityTaskLM, fresh_tiny_lm
 
 # Seven examples of different lengths: two processes get 4 and 3, with different padding.
