@@ -2,12 +2,17 @@
 after the input, and moved before the input as an instruction line; raw and batch-calibrated. One JSON.
 
     python bench/position.py --task sst2 --limit 300      # 300 random examples of SST-2's full/dev.tsv
+    python bench/position.py --task sst2 --limit 300 --shots 4 --seed 21   # behind seed 21's 4-shot demos
 
 The "before" template is the preset's with its {prompt} slot taken out and `{prompt}\\n` put in front:
 SST-2's `Review: {sentence}\\n{prompt}\\nSentiment:` becomes `{prompt}\\nReview: {sentence}\\nSentiment:`.
 Every prompt is scored once per template; the batch-calibrated accuracies reuse those scores (the
 calibration vectors come from the seed's unlabeled train inputs, as train.py's). The eval set is SST-2's
 full/dev.tsv (not test); --limit takes a fixed random subset of it (shuffled with seed 0).
+With --shots K the seed's K demonstrations (the K-shot baseline's) come first: "after" is the K-shot
+baseline's own template (each demonstration in the preset's template with an empty prompt, the slot in
+the last block), "before" puts the prompt in front of the demonstrations, as an instruction for the whole
+context, and every block (demonstrations and input) in the slotless form `Review: {sentence}\nSentiment:`.
 This is a probe of the baselines only: an RL step in the "before" position scores ~8x slower on a CPU
 (bench/results/speed/train_step_cpu_prompt_*.json: 24.8 s against 3.2 s for 16 prompts x 32 examples),
 because every token of the input then follows the prompt and no prefix can be cached.
@@ -20,9 +25,11 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
-from rlprompt.baselines import manual_candidates
+from rlprompt.baselines import DEMO_SEPARATOR, demo_template, manual_candidates, pick_demos
 from rlprompt.calibration import calibrated, unlabeled_inputs
+from rlprompt.checkpoint import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.evaluation import evaluate_prompts
@@ -39,12 +46,25 @@ def before_template(template: str) -> str:
     return "{prompt}\n" + head.rstrip() + tail
 
 
+def templates(task, shots: int, seed: int) -> dict[str, str]:
+    """{"after": ..., "before": ...}: the preset's template and its prompt-first form, both behind the
+    seed's `shots` demonstrations when `shots` > 0."""
+    before = before_template(task.template)
+    if shots <= 0:
+        return {"after": task.template, "before": before}
+    demos = pick_demos(task.train, shots, seed)
+    slotless = before[len("{prompt}\n"):]
+    blocks = [slotless.replace("{sentence}", d.text) + task.verbalizers[d.label] for d in demos]
+    return {"after": demo_template(task, demos), "before": "{prompt}\n" + DEMO_SEPARATOR.join(blocks + [slotless])}
+
+
 def main(argv=None) -> int:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--task", default="sst2", choices=sorted(EVAL_FILES))
     p.add_argument("--seed", type=int, default=13, help="the 16-shot seed whose train inputs calibrate (default 13)")
     p.add_argument("--limit", type=int, help="score a fixed random subset of this many eval examples")
+    p.add_argument("--shots", type=int, default=0, help="start both templates with the seed's K-shot demonstrations")
     p.add_argument("--data-dir")
     p.add_argument("--task-model", default="smollm2-135m")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
@@ -64,8 +84,8 @@ def main(argv=None) -> int:
     model, tok = load_lm(args.task_model, args.device, args.dtype)
     prompts = [""] + manual_candidates(task)
     doc = {"bench": "position", "task": args.task, "seed": args.seed, "eval_file": EVAL_FILES[args.task],
-           "n": len(examples), "prompts": prompts, "templates": {}}
-    for name, template in (("after", task.template), ("before", before_template(task.template))):
+           "n": len(examples), "shots": max(args.shots, 0), "prompts": prompts, "templates": {}}
+    for name, template in templates(task, args.shots, args.seed).items():
         start = time.perf_counter()
         raw = build_scorer(model, tok, template, task.verbalizers)
         row = {"template": template}
@@ -81,8 +101,7 @@ def main(argv=None) -> int:
     doc.update(hardware(next(model.parameters()).device))
     text = json.dumps(doc, indent=2, ensure_ascii=False)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        atomic_write_text(Path(args.out), text + "\n")
     print(text)
     return 0
 

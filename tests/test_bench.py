@@ -1,5 +1,6 @@
 """The benchmarks run: a tiny workload of bench/scoring.py prints its JSON line."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from rlprompt.baselines import DEMO_SEPARATOR, demo_template, pick_demos
+from rlprompt.tasks import load_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +41,23 @@ def test_position_bench_scores_every_prompt_after_and_before_the_input(tiny_mode
     for row in doc["templates"].values():
         assert len(row["none"]) == len(row["batch"]) == len(doc["prompts"])
         assert all(0 <= acc <= 100 and acc % 25 == 0 for acc in row["none"] + row["batch"])  # 4 examples
+
+
+def test_position_templates_behind_demonstrations(data_dir):
+    spec = importlib.util.spec_from_file_location("position_bench", REPO / "bench" / "position.py")
+    position = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(position)
+    task = load_task("sst2", data_dir, 13)
+    assert position.templates(task, 0, 13) == {"after": task.template,
+                                               "before": "{prompt}\nReview: {sentence}\nSentiment:"}
+    shots = position.templates(task, 4, 13)
+    demos = pick_demos(task.train, 4, 13)
+    assert shots["after"] == demo_template(task, demos)  # the 4-shot baseline's own template
+    blocks = shots["before"].split(DEMO_SEPARATOR)
+    assert blocks[0].startswith("{prompt}\nReview: ") and shots["before"].count("{prompt}") == 1
+    assert blocks[-1] == "Review: {sentence}\nSentiment:" and len(blocks) == 5
+    for block, demo in zip(blocks, demos):  # every demonstration in the input's own form, with its label
+        assert block.removeprefix("{prompt}\n") == f"Review: {demo.text}\nSentiment:{task.verbalizers[demo.label]}"
 
 
 def test_train_step_bench_profiles_the_steps_after_the_first(tiny_model_dir, data_dir, tmp_path):
