@@ -137,11 +137,7 @@ def main(argv=None) -> int:
     if args.top < max(ENSEMBLE_SIZES):
         raise UserError(f"--top {args.top}: the ensembles need the top {max(ENSEMBLE_SIZES)}")
 
-    from rlprompt.config import TrainConfig
-    from rlprompt.minibatch import fixed_sample
-    from rlprompt.models import load_lm
     from rlprompt.runs import cached_json
-    from rlprompt.scorer import build_scorer
     from rlprompt.tasks import find_spec, read_tsv, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
@@ -158,7 +154,13 @@ def main(argv=None) -> int:
 
     @functools.cache
     def scoring() -> tuple:
-        """(raw scorer, its dtype, the unlabelled pool): loaded once, and only when a seed is not cached."""
+        """(raw scorer, its dtype, the unlabelled pool): loaded once, and only when a seed is not cached
+        (a read-back run does not import transformers either)."""
+        from rlprompt.config import TrainConfig
+        from rlprompt.minibatch import fixed_sample
+        from rlprompt.models import load_lm
+        from rlprompt.scorer import build_scorer
+
         spec = find_spec("sst2")
         model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")

@@ -147,11 +147,11 @@ def test_bad_export_requests(tiny_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_classifier_reproduces_a_real_runs_test_accuracy(tmp_path, data_dir):
-    """A short real train.py run on the embedded SmolLM2 (default precision), its test set cut to 300
+    """A short real train.py run on the embedded SmolLM2 (default precision), its test set cut to 100
     SST-2 test examples and no baselines so the run's own test scoring stays fast (train.py's dev
     baselines on the real model: test_reliability's offline run); from_run must give the same accuracy."""
     lines = (data_dir / "sst-2" / "test.tsv").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "test.tsv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("\n".join(lines[:101]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "train.py", "--task", "sst2", "--data-dir", str(data_dir),
                            "--test", str(tmp_path / "test.tsv"), "--steps", "1", "--prompts-per-step", "2",
@@ -160,7 +160,7 @@ def test_classifier_reproduces_a_real_runs_test_accuracy(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = json.loads((out / "prompts.json").read_text())[0]
     clf = PromptClassifier.from_run(out, device="cpu")
-    examples = [line.split("\t") for line in lines[1:301]]
+    examples = [line.split("\t") for line in lines[1:101]]
     predicted = clf.predict([text for text, _ in examples])
     acc = np.mean([p == clf.label_names[int(label)] for p, (_, label) in zip(predicted, examples)])
     assert abs(acc - best["test_acc"]) <= 0.001, (acc, best)

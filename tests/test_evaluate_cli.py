@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
+def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, tiny_model_dir, capsys):
+    """evaluate.py's results file and table, on a tiny model (the embedded one: test_compare's evaluate run)."""
     prompts_file = tmp_path / "p.txt"
     prompts_file.write_text("Absolutely fantastic movie\n\nThe critic's verdict:\n", encoding="utf-8")
     out = tmp_path / "res" / "out.json"
-    rc = evaluate.main(["--task", "sst2", "--data-dir", str(data_dir), "--prompt", "Great review",
+    rc = evaluate.main(["--task", "sst2", "--data-dir", str(data_dir), "--task-model", str(tiny_model_dir),
+                        "--prompt", "Great review",
                         "--prompts-file", str(prompts_file), "--limit", "20", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
@@ -47,14 +49,14 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_run_folder(tmp_path, data_dir):
+def test_evaluate_run_folder(tmp_path, data_dir, tiny_model_dir):
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
     (run / "prompts.json").write_text(json.dumps(
         [{"prompt": "Best one", "dev_acc": 0.9}, {"prompt": "Second", "dev_acc": 0.8},
          {"prompt": "Third", "dev_acc": 0.7}]))
     (run / "config.json").write_text(json.dumps(
-        {"task": "mr", "seed": 21, "data_dir": str(data_dir), "task_model": "smollm2-135m",
+        {"task": "mr", "seed": 21, "data_dir": str(data_dir), "task_model": str(tiny_model_dir),
          "task_dtype": "fp32", "template": None, "verbalizers": None}))
     rc = evaluate.main(["--run", str(run), "--num-prompts", "2", "--splits", "dev", "--limit", "4"])
     assert rc == 0
