@@ -91,6 +91,8 @@ def prefill_score_memo(scorer, prompt_lists: Sequence[Sequence[str]], examples: 
 def evaluate_prompts(scorer, prompts: Sequence[str], examples: Sequence[Example], chunk_size: int = 128,
                      progress: bool = True, desc: str | None = None) -> list[dict]:
     """Accuracy of each prompt on `examples`: [{"prompt", "accuracy", "n"}] in the order of `prompts`."""
+    if not prompts:  # e.g. evaluate.py with the baselines only
+        return []
     logprobs = score_examples(scorer, prompts, examples, chunk_size, progress, desc)
     acc = accuracy(logprobs, [ex.label for ex in examples])
     return [{"prompt": p, "accuracy": float(a), "n": len(examples)} for p, a in zip(prompts, acc)]

@@ -48,6 +48,15 @@ def test_evaluate_writes_results_with_baselines(tmp_path, data_dir, tiny_model_d
     assert "strongest baseline (by test)" in table
 
 
+def test_evaluate_without_prompts_reports_the_baselines(tmp_path, data_dir, tiny_model_dir):
+    out = tmp_path / "baselines.json"
+    rc = evaluate.main(["--task", "sst2", "--data-dir", str(data_dir), "--task-model", str(tiny_model_dir),
+                        "--limit", "8", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["baseline"] and r["dev_n"] == 8 for r in rows)
+
+
 @pytest.mark.slow
 def test_evaluate_run_folder(tmp_path, data_dir, tiny_model_dir):
     run = tmp_path / "runs" / "r1"
