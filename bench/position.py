@@ -40,20 +40,24 @@ from rlprompt.tasks import load_task, read_tsv, resolve_data_dir
 EVAL_FILES = {"sst2": "sst-2/full/dev.tsv"}  # validation sets that are not the test set
 
 
+def slotless_template(template: str) -> str:
+    """The template with its prompt slot (and the whitespace before it) taken out."""
+    head, tail = split_template(template)
+    return head.rstrip() + tail
+
+
 def before_template(template: str) -> str:
     """The template with its prompt slot moved in front of everything, on a line of its own."""
-    head, tail = split_template(template)
-    return "{prompt}\n" + head.rstrip() + tail
+    return "{prompt}\n" + slotless_template(template)
 
 
 def templates(task, shots: int, seed: int) -> dict[str, str]:
     """{"after": ..., "before": ...}: the preset's template and its prompt-first form, both behind the
     seed's `shots` demonstrations when `shots` > 0."""
-    before = before_template(task.template)
     if shots <= 0:
-        return {"after": task.template, "before": before}
+        return {"after": task.template, "before": before_template(task.template)}
     demos = pick_demos(task.train, shots, seed)
-    slotless = before[len("{prompt}\n"):]
+    slotless = slotless_template(task.template)
     blocks = [slotless.replace("{sentence}", d.text) + task.verbalizers[d.label] for d in demos]
     return {"after": demo_template(task, demos), "before": "{prompt}\n" + DEMO_SEPARATOR.join(blocks + [slotless])}
 
