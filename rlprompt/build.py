@@ -41,7 +41,7 @@ def build_policy_and_envs(cfg: TrainConfig, policy_model, policy_tok, scorer, ta
     from rlprompt.policy import PromptPolicy
 
     policy = PromptPolicy(policy_model, policy_tok, cfg.prompt_length, cfg.top_k, cfg.adaptor_hidden,
-                          cfg.no_repeat, cfg.policy_start)
+                          cfg.no_repeat, cfg.policy_start, cfg.prompt_vocab)
     vocab = policy_model.get_output_embeddings().weight.shape[0]
     decode = lambda ids: policy_tok.decode(ids).strip()  # noqa: E731
     examples = reward_examples(cfg, task)

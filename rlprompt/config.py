@@ -21,6 +21,7 @@ ADVANTAGES = ("zscore", "running")
 OPTIMIZERS = ("adam", "sgd")
 SELECTIONS = ("dev", "train+dev")
 REWARD_ON = ("train", "train+dev")
+PROMPT_VOCABS = ("all", "words")
 
 
 @dataclass
@@ -73,6 +74,9 @@ class TrainConfig(TaskArgs):
                         "follows its gradient, where Adam's is about --lr per weight however small the "
                         "advantages; pair it with a larger --max-grad-norm, as clipping at 1 fixes the size too)")
     top_k: int = _f(256, "top-k sampling while training")
+    prompt_vocab: str = _f("all", "tokens the policy may write: all (every token but special ones and those "
+                           "holding a newline) or words (only tokens that are a space and letters, such as "
+                           "' great': prompts of whole words)")
     entropy_coef: float = _f(0.01, "entropy bonus weight (with --entropy-target: its starting and lowest value)")
     entropy_target: float = _f(0.0, "hold the sampling entropy near this many nats per token with an adaptive "
                                "entropy coefficient, as SAC tunes its temperature (0: the fixed --entropy-coef)")
@@ -153,6 +157,8 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --advantage {self.advantage!r}; use {' or '.join(ADVANTAGES)}")
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
+        if self.prompt_vocab not in PROMPT_VOCABS:
+            raise UserError(f"unknown --prompt-vocab {self.prompt_vocab!r}; use {' or '.join(PROMPT_VOCABS)}")
         if self.reward_on not in REWARD_ON:
             raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
         if self.trainer != "reinforce":  # another trainer would silently leave these out

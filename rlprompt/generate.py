@@ -18,7 +18,7 @@ def load_policy(run_dir: str | Path, device=None, allow_download: bool = False):
     cfg = state["config"]
     model, tokenizer = load_lm(cfg["policy_model"], device, "fp32", allow_download)
     policy = PromptPolicy(model, tokenizer, cfg["prompt_length"], cfg["top_k"], cfg["adaptor_hidden"],
-                          cfg["no_repeat"], cfg["policy_start"])
+                          cfg["no_repeat"], cfg["policy_start"], cfg.get("prompt_vocab", "all"))
     policy.adaptor.load_state_dict(state["adaptor"])
     return policy
 

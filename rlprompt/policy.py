@@ -9,11 +9,13 @@ the adaptor: `sample` keeps them, and `evaluate_actions` re-runs only adaptor + 
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rlprompt.config import PROMPT_VOCABS
 from rlprompt.errors import UserError
 from rlprompt.scorer import cache_kwargs, lm_logits, returned_cache
 
@@ -73,15 +75,23 @@ class PromptBatch:
     texts: list[str]
 
 
+WORD = re.compile(r" [A-Za-z]+")  # a token that is a whole word: a space, then letters only
+
+
 class PromptPolicy:
     """Writes prompts of `prompt_length` tokens from a fixed start token, top-k sampling or greedy.
 
     Sampling masks special tokens, tokens holding a newline, and (with `no_repeat`) tokens already
     in the prompt: the last keeps a prompt from being one token repeated, RLPrompt's failure mode.
+    `vocab="words"` also masks every token that is not a space followed by letters, so prompts are
+    whole words.
     """
 
     def __init__(self, model, tokenizer, prompt_length: int = 5, top_k: int = 256,
-                 adaptor_hidden: int = 2048, no_repeat: bool = True, start_text: str | None = None):
+                 adaptor_hidden: int = 2048, no_repeat: bool = True, start_text: str | None = None,
+                 vocab: str = "all"):
+        if vocab not in PROMPT_VOCABS:
+            raise UserError(f"unknown prompt vocabulary {vocab!r}; use {' or '.join(PROMPT_VOCABS)}")
         if prompt_length < 1:
             raise UserError(f"prompt length must be at least 1, got {prompt_length}")
         ctx = getattr(model.config, "max_position_embeddings", None)
@@ -92,6 +102,7 @@ class PromptPolicy:
         self.prompt_length = prompt_length
         self.top_k = top_k
         self.no_repeat = no_repeat
+        self.vocab = vocab
         self.adaptor = attach_adaptor(model, adaptor_hidden)
         self.start_ids = self._start_ids(start_text)
         self.banned = self._banned_tokens()
@@ -136,6 +147,12 @@ class PromptPolicy:
             if i < vocab and piece is not None and ("\n" in piece or "Ċ" in piece):
                 banned[i] = True
         banned[len(self.tokenizer):] = True  # padded embedding rows that no text decodes to
+        if self.vocab == "words":
+            n = min(vocab, len(self.tokenizer))
+            texts = self.tokenizer.batch_decode([[i] for i in range(n)])
+            banned[:n] |= torch.tensor([WORD.fullmatch(text) is None for text in texts])
+        if banned.all():
+            raise UserError(f"the policy's tokenizer has no token in the prompt vocabulary {self.vocab!r}")
         return banned.to(self.device)
 
     def decode(self, tokens: torch.Tensor) -> list[str]:

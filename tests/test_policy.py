@@ -43,6 +43,19 @@ def test_sample_shapes_masks_and_greedy(policy):
     assert torch.equal(g1.tokens, g2.tokens) and torch.equal(g1.tokens[0], g1.tokens[1])
 
 
+def test_words_vocabulary_writes_whole_words_only(smol_tokenizer):
+    policy = PromptPolicy(fresh_tiny_lm(smol_tokenizer), smol_tokenizer, prompt_length=4, top_k=64,
+                          adaptor_hidden=32, vocab="words")
+    batch = policy.sample(16, generator=torch.Generator().manual_seed(0))
+    pieces = [smol_tokenizer.decode([t]) for t in batch.tokens.flatten().tolist()]
+    assert all(p[0] == " " and p[1:].isascii() and p[1:].isalpha() for p in pieces), pieces
+    assert all(text.replace(" ", "").isalpha() for text in batch.texts)
+    allowed = ~policy.banned
+    assert allowed[smol_tokenizer.encode(" great")[0]] and not allowed[smol_tokenizer.encode("-")[0]]
+    with pytest.raises(UserError, match="unknown prompt vocabulary 'emoji'"):
+        PromptPolicy(fresh_tiny_lm(smol_tokenizer), smol_tokenizer, vocab="emoji")
+
+
 def test_same_seed_same_samples(policy):
     a = policy.sample(5, generator=torch.Generator().manual_seed(7)).tokens
     b = policy.sample(5, generator=torch.Generator().manual_seed(7)).tokens

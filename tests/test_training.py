@@ -315,3 +315,18 @@ def test_clip_cov_detaches_the_tokens_whose_log_prob_and_advantage_covary_most(s
     trainer = toy_trainer(smol_tokenizer, tmp_path, steps=3, cov_clip=0.25)
     trainer.run(progress=False)
     assert all(0 < h["losses/cov_clipped"] <= 0.25 for h in trainer.book.history)
+
+
+def test_prompt_vocab_words_reaches_the_policy(tiny_lm, smol_tokenizer):
+    from rlprompt.build import build_policy_and_envs
+    from rlprompt.tasks import Example, Task
+
+    model, tok = tiny_lm
+    task = Task(name="toy", label_names=["neg", "pos"], verbalizers=[" terrible", " great"],
+                template="{sentence} {prompt} It was", train=[Example("good film", 1), Example("bad film", 0)],
+                dev=[Example("great plot", 1), Example("dull plot", 0)])
+    scorer = CachedScorer(model, tok, task.template, task.verbalizers)
+    cfg = TrainConfig(prompt_vocab="words", prompts_per_step=4, prompt_length=3, top_k=32, adaptor_hidden=8)
+    policy, _, _ = build_policy_and_envs(cfg, fresh_tiny_lm(tok), tok, scorer, task)
+    texts = policy.sample(8, generator=torch.Generator().manual_seed(0)).texts
+    assert policy.vocab == "words" and all(t.replace(" ", "").isalpha() for t in texts), texts
