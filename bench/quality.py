@@ -455,10 +455,11 @@ def main(argv=None) -> int:
     for t, s in pairs:
         if done[(t, s)] is not None:
             print(f"[{t} seed {s}] done before: {result_path(args, t, s)}", file=sys.stderr)
-    mine = run_precision(args) if todo else None
     for t, s in todo:
-        method_command(args, t, s, Path("."))  # bad settings fail before anything runs
-        other = borrowed_baselines(args, t, s)
+        method_command(args, t, s, Path("."))  # bad settings fail before anything runs (or loads torch)
+    borrowed = {(t, s): borrowed_baselines(args, t, s) for t, s in todo}
+    mine = run_precision(args) if todo else None
+    for (t, s), other in borrowed.items():
         if other is not None:
             check_precision(mine, {f"--baselines-from {args.baselines_from} ({t} seed {s})": other},
                             "run it where that was made, pass --task-dtype {dtype} after --, or score "
