@@ -148,12 +148,22 @@ class PromptPolicy:
                 banned[i] = True
         banned[len(self.tokenizer):] = True  # padded embedding rows that no text decodes to
         if self.vocab == "words":
-            n = min(vocab, len(self.tokenizer))
-            texts = self.tokenizer.batch_decode([[i] for i in range(n)])
-            banned[:n] |= torch.tensor([WORD.fullmatch(text) is None for text in texts])
+            banned[:vocab] |= ~self._word_tokens(vocab)
         if banned.all():
             raise UserError(f"the policy's tokenizer has no token in the prompt vocabulary {self.vocab!r}")
         return banned.to(self.device)
+
+    def _word_tokens(self, vocab: int) -> torch.Tensor:
+        """(vocab,) True where a token reads as a whole word after other text (a space and letters).
+        Each token is decoded after an anchor token, as SentencePiece drops a leading space at the start."""
+        tok = self.tokenizer
+        n = min(vocab, len(tok))
+        anchor = tok.encode("a", add_special_tokens=False)[-1]
+        head = len(tok.decode([anchor]))
+        texts = tok.batch_decode([[anchor, i] for i in range(n)])
+        words = torch.zeros(vocab, dtype=torch.bool)
+        words[:n] = torch.tensor([WORD.fullmatch(text[head:]) is not None for text in texts])
+        return words
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Token ids (N, T) -> prompt texts, surrounding whitespace stripped."""
