@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlprompt.checkpoint import atomic_write_text
+from rlprompt.atomic import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.baselines import strongest

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from rlprompt.build import build, trainer_class
-from rlprompt.checkpoint import atomic_write_text, load_checkpoint, seed_everything
+from rlprompt.atomic import atomic_write_text
+from rlprompt.checkpoint import load_checkpoint, seed_everything
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.config import TrainConfig, add_arguments
 from rlprompt.errors import UserError

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rlprompt.baselines import DEMO_SEPARATOR, demo_template, manual_candidates, pick_demos
 from rlprompt.calibration import calibrated, unlabeled_inputs
-from rlprompt.checkpoint import atomic_write_text
+from rlprompt.atomic import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, quiet_transformers, run_cli
 from rlprompt.errors import UserError
 from rlprompt.evaluation import evaluate_prompts

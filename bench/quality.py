@@ -53,7 +53,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rlprompt.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from rlprompt.atomic import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.tasks import SEEDS, parse_list, resolve_data_dir
@@ -127,6 +127,8 @@ def method_command(args, task: str, seed: int, out: Path) -> list[str]:
         data_dir = args.data_dir or str(resolve_data_dir(None))
         fields = {"task": task, "seed": seed, "out": str(out), "data_dir": data_dir, "test": test or ""}
         return [part.format(**fields) for part in shlex.split(args.command)] + args.passthrough
+    from rlprompt.checkpoint import CHECKPOINT_NAME  # imports torch: only when a run is to be made
+
     # A run killed before its result was written left a checkpoint: continue it rather than start over.
     where = "--resume" if (out / CHECKPOINT_NAME).is_file() else "--out"
     cmd = [sys.executable, str(REPO / "train.py"), "--task", task, "--seed", str(seed), where, str(out)]
@@ -455,9 +457,9 @@ def main(argv=None) -> int:
     for t, s in pairs:
         if done[(t, s)] is not None:
             print(f"[{t} seed {s}] done before: {result_path(args, t, s)}", file=sys.stderr)
+    borrowed = {(t, s): borrowed_baselines(args, t, s) for t, s in todo}  # fails before torch loads
     for t, s in todo:
-        method_command(args, t, s, Path("."))  # bad settings fail before anything runs (or loads torch)
-    borrowed = {(t, s): borrowed_baselines(args, t, s) for t, s in todo}
+        method_command(args, t, s, Path("."))  # bad settings fail before anything runs
     mine = run_precision(args) if todo else None
     for (t, s), other in borrowed.items():
         if other is not None:

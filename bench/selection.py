@@ -29,7 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from rlprompt.checkpoint import atomic_write_text
+from rlprompt.atomic import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 from rlprompt.runs import per_run_results

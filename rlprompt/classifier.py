@@ -210,7 +210,7 @@ def _run_label_names(task_file: Path, config: dict) -> list[str]:
 
 def write_card(path: str | Path, card: dict) -> None:
     """Write a prompt card as JSON (atomically); a UserError when the path cannot be written."""
-    from rlprompt.checkpoint import atomic_write_text
+    from rlprompt.atomic import atomic_write_text
 
     path = Path(path)
     try:

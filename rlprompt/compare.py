@@ -146,7 +146,7 @@ def plot_budget_curves(results: list[MethodResult], budget: int, path: Path, tit
 
 def write_outputs(out_dir: Path, results: list[MethodResult], budget: int, meta: dict) -> None:
     """comparison.json (everything), comparison.md (the table) and comparison.png (the curves)."""
-    from rlprompt.checkpoint import atomic_write_text
+    from rlprompt.atomic import atomic_write_text
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlprompt.checkpoint import atomic_write_text, load_checkpoint
+from rlprompt.atomic import atomic_write_text
+from rlprompt.checkpoint import load_checkpoint
 from rlprompt.errors import UserError
 
 CURVES_PNG = "curves.png"

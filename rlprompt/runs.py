@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from rlprompt.checkpoint import atomic_write_text, load_checkpoint
+from rlprompt.atomic import atomic_write_text
+from rlprompt.checkpoint import load_checkpoint
 from rlprompt.cli import sigterm_as_interrupt
 from rlprompt.config import TrainConfig
 from rlprompt.errors import UserError

@@ -259,7 +259,7 @@ class TaskSpec:
         path = Path(path)
         text = json.dumps(data, indent=2, ensure_ascii=False) if path.suffix == ".json" \
             else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-        from rlprompt.checkpoint import atomic_write_text
+        from rlprompt.atomic import atomic_write_text
 
         try:
             atomic_write_text(path, text)  # --resume and evaluate.py --run read it back

@@ -195,7 +195,7 @@ def test_offline_by_default(tmp_path, data_dir):
 def test_atomic_write_replaces_whole_and_keeps_usual_permissions(tmp_path):
     """A file written atomically holds the new text only, leaves no temp file, and gets the permissions
     open() would give it (0o666 less the umask), not the private 0o600 of the temp file it was made as."""
-    from rlprompt.checkpoint import atomic_write_text
+    from rlprompt.atomic import atomic_write_text
 
     path, plain = tmp_path / "summary.json", tmp_path / "plain.txt"
     path.write_text("old, longer text", encoding="utf-8")
