@@ -303,4 +303,5 @@ class Bookkeeper:
         if not self.interrupted:
             self.stop_reason = self.stop_reason or "step budget reached"
         self.save()
+        self._clock = None  # training time ends with the checkpoint, so a resume reports the same train_s
         return "interrupted" if self.interrupted else self.stop_reason
