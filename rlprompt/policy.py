@@ -148,7 +148,7 @@ class PromptPolicy:
                 banned[i] = True
         banned[len(self.tokenizer):] = True  # padded embedding rows that no text decodes to
         if self.vocab == "words":
-            banned[:vocab] |= ~self._word_tokens(vocab)
+            banned |= ~self._word_tokens(vocab)
         if banned.all():
             raise UserError(f"the policy's tokenizer has no token in the prompt vocabulary {self.vocab!r}")
         return banned.to(self.device)
