@@ -37,11 +37,12 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict | None]:
         action.default = argparse.SUPPRESS
     explicit = vars(explicit_parser.parse_args(argv))
     state = load_checkpoint(Path(args["resume"]))
-    saved = state["config"]
+    # a checkpoint from before a flag existed was made with that flag's default
+    saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **state["config"]}
     for name in RUN_IDENTITY:
-        if name in explicit and explicit[name] != saved.get(name):
+        if name in explicit and explicit[name] != saved[name]:
             raise UserError(f"cannot resume {args['resume']} with --{name.replace('_', '-')} "
-                            f"{explicit[name]!r}: the run was made with {saved.get(name)!r}")
+                            f"{explicit[name]!r}: the run was made with {saved[name]!r}")
     merged = {**saved, **{k: v for k, v in explicit.items() if k not in RUN_IDENTITY}}
     merged["resume"] = args["resume"]
     merged["overwrite"] = explicit.get("overwrite", False)  # the run may have started with --overwrite

@@ -23,7 +23,8 @@ from rlprompt.errors import UserError
 RUN_IDENTITY = ("task", "task_file", "data_dir", "seed", "train", "dev", "test", "text_column",
                 "label_column", "labels", "verbalizers", "template", "manual_prompt", "dev_fraction",
                 "policy_model", "task_model", "task_dtype", "prompt_length", "prompts_per_step",
-                "policy_start", "init_prompt", "trainer", "calibration", "train_batch", "reward_on")
+                "policy_start", "init_prompt", "prompt_vocab", "adaptor_hidden", "optimizer", "trainer", "calibration",
+                "train_batch", "reward_on")
 TASK_FILE = "task.yaml"  # the run's task, paths resolved: what --resume and evaluate.py --run read
 
 
