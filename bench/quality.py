@@ -14,7 +14,8 @@ committed), and a finished (task, seed) is not run again (the tables cover every
 label, so `--seeds 13`, then `--seeds 21`, … add up, and tasks a run does not name keep their rows); a
 label's results made with other flags, or with the same flags under other defaults (each result keeps
 the settings that define the method, `method_config`; older ones their calibration), are refused; one
-killed mid-run is continued from its checkpoint (`train.py --resume`). At the end it prints one JSON document and
+killed mid-run is continued from its checkpoint (`train.py --resume`), and a finished run folder whose
+result JSON is missing is read instead of run again (refused if made with other flags). At the end it prints one JSON document and
 a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
 strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
 would and the margin over that, wall time, pairs scored), also written next to the
@@ -320,25 +321,55 @@ def repo_env(**extra) -> dict:
     return env
 
 
+def finished_run(args, task: str, seed: int, out: Path) -> dict | None:
+    """The summary.json of a train.py run in `out` that has finished (its chosen prompt scored on the
+    eval set), or None. Such a folder without a result JSON (the bench was stopped after the run, or
+    --results names another folder) is read, not run again; one made with other settings is an error."""
+    path = out / "summary.json"
+    if args.command or not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    config = summary.get("config") or {}
+    if (summary.get("best_prompt") or {}).get("test_acc") is None or not config:
+        return None  # interrupted while scoring the eval set: train.py --resume finishes it
+    theirs = {**method_config(config), "task": config.get("task"), "seed": config.get("seed"),
+              "test": config.get("test"), "baselines": config.get("baselines")}
+    mine = {**args.method_config, "task": task, "seed": seed, "test": eval_file(args, task),
+            "baselines": not args.baselines_from}
+    for key, value in mine.items():
+        if key in theirs and theirs[key] != value:
+            raise UserError(f"{out} holds a finished run made with {key} {theirs[key]!r}, not {value!r}: move it "
+                            "away, or use another --label or --runs-dir")
+    return summary
+
+
 def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
-    """Run the method on one (task, seed), write and return its result."""
+    """Run the method on one (task, seed) (or read its finished run folder), write and return its result."""
     out = Path(args.runs_dir) / args.label / f"{task}__{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = method_command(args, task, seed, out)
-    env = repo_env(**({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
-    start = time.time()
-    with open(out.parent / f"{task}__{seed}.log", "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    wall = time.time() - start
-    if proc.returncode != 0:
-        raise UserError(f"{task} seed {seed} failed (exit {proc.returncode}); see {out.parent / f'{task}__{seed}.log'}")
-    summary_path = out / "summary.json"
-    if not summary_path.is_file():
-        raise UserError(f"{task} seed {seed}: the method wrote no {summary_path}")
+    summary = finished_run(args, task, seed, out)
+    read_from = {}
+    if summary is not None:
+        print(f"[{task} seed {seed}] read from the finished run in {out}", file=sys.stderr)
+        cmd, read_from = None, {"read_from": str(out)}  # no command ran
+        wall = sum((summary.get("phases_s") or {}).values())  # its own phases: this bench did not time it
+    else:
+        cmd = method_command(args, task, seed, out)
+        env = repo_env(**({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        start = time.time()
+        with open(out.parent / f"{task}__{seed}.log", "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            raise UserError(f"{task} seed {seed} failed (exit {proc.returncode}); see {out.parent / f'{task}__{seed}.log'}")
+        summary_path = out / "summary.json"
+        if not summary_path.is_file():
+            raise UserError(f"{task} seed {seed}: the method wrote no {summary_path}")
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
     meta = {"label": args.label, "task": task, "seed": seed, "eval_set": args.eval_set,
             "method_args": args.passthrough, "command_template": args.command, "command": cmd,
-            "wall_s": round(wall, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    result = result_from_summary(json.loads(summary_path.read_text(encoding="utf-8")), meta)
+            "wall_s": round(wall, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **read_from}
+    result = result_from_summary(summary, meta)
     other = borrowed_baselines(args, task, seed)
     if other is not None:
         result = with_baselines(result, other)

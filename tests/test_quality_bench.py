@@ -82,6 +82,21 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     again = bench(common + flags, tmp_path)  # finished: read back, not rerun
     assert again.returncode == 0 and "done before" in again.stderr and "running" not in again.stderr
     assert json.loads(again.stdout[:again.stdout.index("\n}\n") + 2]) == doc
+    first = tmp_path / "results" / "smoke" / "sst2__13.json"
+    kept = json.loads(first.read_text())
+    first.unlink()  # as if the bench was stopped after the run, or a read-back named another --results
+    log = tmp_path / "runs" / "smoke" / "sst2__13.log"
+    logged = log.stat().st_size
+    changed = bench(common + flags + ["--lr", "1e-4"], tmp_path)
+    assert changed.returncode == 2 and "holds a finished run made with lr" in changed.stderr
+    reread = bench(common + flags, tmp_path)
+    assert reread.returncode == 0 and "read from the finished run" in reread.stderr, reread.stderr[-2000:]
+    assert log.stat().st_size == logged  # train.py did not run
+    per_call = {"wall_s", "finished_at", "command", "read_from"}
+    reread_result = json.loads(first.read_text())
+    assert reread_result["command"] is None and reread_result["read_from"] == str(tmp_path / "runs" / "smoke" / "sst2__13")
+    assert {k: v for k, v in reread_result.items() if k not in per_call} == \
+        {k: v for k, v in kept.items() if k not in per_call}
     twin = tmp_path / "results" / "smoke" / "sst2__21.json"  # seed 21 finished by an earlier invocation
     twin.write_text(json.dumps(dict(result, seed=21)))
     both = bench(common + flags, tmp_path)  # --seeds 13 only: the tables cover both finished seeds

@@ -278,17 +278,24 @@ def test_sgd_optimizer_raises_the_reward_on_the_toy_task(smol_tokenizer, tmp_pat
         TrainConfig(optimizer="rmsprop")
 
 
-def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
-    from rlprompt.build import build_policy_and_envs, reward_examples
+def toy_sentiment(tiny_lm):
+    """(Task, CachedScorer): two train and three dev sentences, scored by the tiny LM."""
     from rlprompt.tasks import Example, Task
-    from train import data_line
 
     model, tok = tiny_lm
-    train = [Example("good film", 1), Example("bad film", 0)]
-    dev = [Example("great plot", 1), Example("dull plot", 0), Example("fine cast", 1)]
     task = Task(name="toy", label_names=["neg", "pos"], verbalizers=[" terrible", " great"],
-                template="{sentence} {prompt} It was", train=train, dev=dev)
-    scorer = CachedScorer(model, tok, task.template, task.verbalizers)
+                template="{sentence} {prompt} It was", train=[Example("good film", 1), Example("bad film", 0)],
+                dev=[Example("great plot", 1), Example("dull plot", 0), Example("fine cast", 1)])
+    return task, CachedScorer(model, tok, task.template, task.verbalizers)
+
+
+def test_reward_on_train_plus_dev_scores_both_splits(tiny_lm, smol_tokenizer):
+    from rlprompt.build import build_policy_and_envs, reward_examples
+    from train import data_line
+
+    tok = tiny_lm[1]
+    task, scorer = toy_sentiment(tiny_lm)
+    train, dev = task.train, task.dev
     both = TrainConfig(reward_on="train+dev", prompts_per_step=2, prompt_length=2, top_k=8, adaptor_hidden=8)
     _, train_env, dev_env = build_policy_and_envs(both, fresh_tiny_lm(tok), tok, scorer, task)
     assert train_env.examples == train + dev and dev_env.examples == dev
@@ -319,13 +326,9 @@ def test_clip_cov_detaches_the_tokens_whose_log_prob_and_advantage_covary_most(s
 
 def test_prompt_vocab_words_reaches_the_policy(tiny_lm, smol_tokenizer):
     from rlprompt.build import build_policy_and_envs
-    from rlprompt.tasks import Example, Task
 
-    model, tok = tiny_lm
-    task = Task(name="toy", label_names=["neg", "pos"], verbalizers=[" terrible", " great"],
-                template="{sentence} {prompt} It was", train=[Example("good film", 1), Example("bad film", 0)],
-                dev=[Example("great plot", 1), Example("dull plot", 0)])
-    scorer = CachedScorer(model, tok, task.template, task.verbalizers)
+    tok = tiny_lm[1]
+    task, scorer = toy_sentiment(tiny_lm)
     cfg = TrainConfig(prompt_vocab="words", prompts_per_step=4, prompt_length=3, top_k=32, adaptor_hidden=8)
     policy, _, _ = build_policy_and_envs(cfg, fresh_tiny_lm(tok), tok, scorer, task)
     texts = policy.sample(8, generator=torch.Generator().manual_seed(0)).texts
