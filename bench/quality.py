@@ -15,11 +15,11 @@ label, so `--seeds 13`, then `--seeds 21`, … add up, and tasks a run does not 
 label's results made with other flags, or with the same flags under other defaults (each result keeps
 the settings that define the method, `method_config`; older ones their calibration), are refused; one
 killed mid-run is continued from its checkpoint (`train.py --resume`), and a finished run folder whose
-result JSON is missing is read instead of run again (refused if made with other flags). At the end it prints one JSON document and
-a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of every baseline found, the
-strongest baseline and the RL margin over it, the baseline picked on dev as a user without test labels
-would and the margin over that, wall time, pairs scored), also written next to the
-results as quality.json and quality.md.
+result JSON is missing is read instead of run again (refused if made with other flags). At the end it
+prints one JSON document and a Markdown table (per-seed and mean ± std accuracy of the RL prompt and of
+every baseline found, the strongest baseline and the RL margin over it, the baseline picked on dev as a
+user without test labels would and the margin over that, wall time, pairs scored), also written next to
+the results as quality.json and quality.md.
 
 `--baselines-from LABEL` runs train.py with `--no-baselines` and takes each (task, seed)'s baselines
 from that label's result, which must have the same eval set, template and verbalizers, and a calibration
@@ -357,11 +357,12 @@ def run_one(args, task: str, seed: int, gpu: str | None) -> dict:
         cmd = method_command(args, task, seed, out)
         env = repo_env(**({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         start = time.time()
-        with open(out.parent / f"{task}__{seed}.log", "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
+        log_path = out.parent / f"{task}__{seed}.log"
+        with open(log_path, "a", encoding="utf-8") as log:  # a resume keeps the killed run's log
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         wall = time.time() - start
         if proc.returncode != 0:
-            raise UserError(f"{task} seed {seed} failed (exit {proc.returncode}); see {out.parent / f'{task}__{seed}.log'}")
+            raise UserError(f"{task} seed {seed} failed (exit {proc.returncode}); see {log_path}")
         summary_path = out / "summary.json"
         if not summary_path.is_file():
             raise UserError(f"{task} seed {seed}: the method wrote no {summary_path}")
