@@ -153,8 +153,10 @@ class Bookkeeper:
             train_r, train_a = self.train_env.score_texts([greedy])
             self.leaderboard.add([greedy], train_r, train_a, self.step)
         for text, acc in zip(todo, dev_accs):
-            self.leaderboard.records[text].dev_acc = float(acc)
-        best = max(r.dev_acc for r in self.leaderboard.records.values() if r.dev_acc is not None)
+            if text in self.leaderboard.records:  # a greedy prompt whose train score failed is no candidate
+                self.leaderboard.records[text].dev_acc = float(acc)
+        best = max((r.dev_acc for r in self.leaderboard.records.values() if r.dev_acc is not None),
+                   default=self.best_dev)
         if best > self.best_dev + 1e-9:
             self.best_dev, self.evals_without_improvement = best, 0
         else:
@@ -240,6 +242,8 @@ class Bookkeeper:
             if name in state:  # checkpoints from before a part existed (e.g. train_batches) start it fresh
                 part.load_state_dict(state[name])
         set_rng_state(state["rng"], self.generator)
+        for group in self.optimizer.param_groups:  # a --lr given with --resume applies (the ceiling under --update-kl)
+            group["lr"] = min(group["lr"], self.cfg.lr) if self.cfg.update_kl > 0 else self.cfg.lr
         self.leaderboard.load_state_dict(state["leaderboard"])
         self.best_dev = state["best_dev"]
         self.evals_without_improvement = state["evals_without_improvement"]

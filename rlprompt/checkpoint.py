@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -28,11 +29,17 @@ def rng_state(generator: torch.Generator) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    """Restore what rng_state captured."""
+    """Restore what rng_state captured. A sampler state saved on another device type (a run made on a GPU
+    and resumed on a CPU, or the reverse) cannot be loaded: the generator is then seeded from that state's
+    bytes instead, so the resume is deterministic though not the uninterrupted run's path."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["sampler"])
+    try:
+        generator.set_state(state["sampler"])
+    except RuntimeError:  # a CUDA generator's state is 16 bytes, a CPU generator's 5056
+        digest = hashlib.sha256(state["sampler"].cpu().numpy().tobytes()).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:

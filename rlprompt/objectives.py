@@ -147,6 +147,7 @@ class Reinforce:
                    "losses/cov_clipped": float(clipped.float().mean())}
         if cfg.elite_coef > 0:
             self.elite.add(batch, rewards)
+        if cfg.elite_coef > 0 and self.elite.tokens:  # empty while no step has scored
             hidden = torch.stack(self.elite.hidden).to(policy.device)
             tokens = torch.stack(self.elite.tokens).to(policy.device)
             elite_logp, _, _ = policy.evaluate_actions(hidden, tokens)
@@ -246,7 +247,7 @@ class SoftQ:
             shaped_all = torch.cat([shaped_all, old_rewards.to(device)])
         one_step, multi_step = self._losses(hidden, tokens, shaped_all)
         loss = 0.5 * (one_step + multi_step)
-        if torch.isfinite(shaped).all():  # a step with a failed score is skipped, and not replayed
+        if torch.isfinite(rewards).all():  # a step with a failed score is skipped, and not replayed
             self.replay.add(batch.tokens, batch.base_hidden, shaped)
         entropy = self.policy.evaluate_actions(batch.base_hidden, batch.tokens)[1].detach()
         return loss, {"losses/sql_one_step": float(one_step.detach()),

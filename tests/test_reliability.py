@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlprompt.checkpoint import rng_state, set_rng_state
 from tests.rl_helpers import ParityTaskLM
 from tests.test_training import toy_trainer
 
@@ -152,6 +153,51 @@ def test_non_finite_rewards_skip_the_step_and_are_counted(smol_tokenizer, tmp_pa
     for a, p in zip(after_first, trainer.policy.adaptor.parameters()):  # the bad ones did not
         assert torch.equal(a, p) and torch.isfinite(p).all()
     assert all(np.isfinite(r.train_reward) for r in trainer.book.leaderboard.records.values())
+
+
+
+@pytest.mark.parametrize("objective", [{"elite_coef": 1.0, "elite_size": 4}, {"trainer": "sql"}], ids=["elite", "sql"])
+def test_a_failed_first_step_leaves_nothing_in_the_objective(smol_tokenizer, tmp_path, objective):
+    scorer = FlakyTaskLM(smol_tokenizer, bad_calls={1})
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=6, scorer=scorer, **objective)
+    for _ in range(3):
+        trainer.book.log(trainer.train_step())
+        trainer.book.step += 1
+    assert trainer.book.skipped_steps == 1
+    if "elite_coef" in objective:  # the elite term starts with the first scored step
+        assert len(trainer.objective.elite.rewards) == 4 and np.isfinite(trainer.objective.elite.rewards).all()
+        assert "losses/elite_nll" not in trainer.book.history[0] and "losses/elite_nll" in trainer.book.history[1]
+    else:  # the failed step's prompts are not replayed with made-up rewards
+        assert len(trainer.objective.replay.rewards) == 2 * 8 and torch.isfinite(trainer.objective.replay.rewards).all()
+
+
+def test_a_greedy_prompt_that_fails_on_train_at_a_dev_check_is_no_candidate(smol_tokenizer, tmp_path):
+    scorer = FlakyTaskLM(smol_tokenizer, bad_calls={2})  # call 1 scores the greedy prompt on dev, call 2 on train
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=6, scorer=scorer)
+    metrics = trainer.book.evaluate_on_dev()
+    assert metrics["greedy_prompt"] not in trainer.book.leaderboard.records
+    assert (trainer.book.best_dev, trainer.book.evals_without_improvement) == (-1.0, 1)
+
+
+def test_a_sampler_state_from_another_device_type_seeds_the_generator_deterministically():
+    state = rng_state(torch.Generator().manual_seed(0))
+    state["sampler"] = torch.arange(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    draws = []
+    for _ in range(2):
+        generator = torch.Generator()
+        set_rng_state(state, generator)
+        draws.append(torch.rand(4, generator=generator))
+    assert torch.equal(*draws) and not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("update_kl, saved_lr, expected", [(0.0, 3e-3, 1e-4), (0.02, 5e-5, 5e-5), (0.02, 3e-3, 1e-4)])
+def test_a_learning_rate_given_on_resume_applies(smol_tokenizer, tmp_path, update_kl, saved_lr, expected):
+    first = toy_trainer(smol_tokenizer, tmp_path, steps=2, update_kl=update_kl)
+    first.optimizer.param_groups[0]["lr"] = saved_lr  # under --update-kl the rate lives in the optimizer
+    state = first.book.state_dict()
+    second = toy_trainer(smol_tokenizer, tmp_path, steps=4, update_kl=update_kl, lr=1e-4)
+    second.load_state_dict(state)
+    assert second.optimizer.param_groups[0]["lr"] == expected  # --lr, or under --update-kl its ceiling
 
 
 GUARD = textwrap.dedent("""
