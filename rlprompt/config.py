@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "sgd")
 SELECTIONS = ("dev", "train+dev")
 REWARD_ON = ("train", "train+dev")
 PROMPT_VOCABS = ("all", "words")
+LOGPROBS = ("full", "masked")
 
 
 @dataclass
@@ -88,6 +89,9 @@ class TrainConfig(TaskArgs):
     elite_coef: float = _f(0.0, "weight of the elite term: raise the log-likelihood of the --elite-size best "
                            "prompts so far by train reward (cross-entropy method; 0: off)")
     elite_size: int = _f(8, "prompts in the elite")
+    logprobs: str = _f("full", "the distribution the update's log-probs, entropy and KL are taken over (reinforce): "
+                       "full (the adapted LM's whole softmax) or masked (only the tokens sampling may draw: no "
+                       "special or newline tokens, nor, with --no-repeat, those already in the prompt)")
     cov_clip: float = _f(0.0, "Clip-Cov (Cui et al. 2025): each update leaves out the policy-gradient term of this "
                          "fraction of the step's sampled tokens, those whose log-prob and advantage covary most "
                          "(the terms that sharpen the policy fastest); 0: off")
@@ -157,6 +161,8 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --advantage {self.advantage!r}; use {' or '.join(ADVANTAGES)}")
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown --selection {self.selection!r}; use {' or '.join(SELECTIONS)}")
+        if self.logprobs not in LOGPROBS:
+            raise UserError(f"unknown --logprobs {self.logprobs!r}; use {' or '.join(LOGPROBS)}")
         if self.prompt_vocab not in PROMPT_VOCABS:
             raise UserError(f"unknown --prompt-vocab {self.prompt_vocab!r}; use {' or '.join(PROMPT_VOCABS)}")
         if self.reward_on not in REWARD_ON:

@@ -105,7 +105,8 @@ class Reinforce:
     --advantage running, the reward minus the step's mean over a running scale: `RunningScale`), minus the
     entropy bonus, plus --kl-coef × KL(π ‖ π_init), minus --elite-coef × the mean log-likelihood of the
     --elite-size best prompts so far. With --cov-clip the most entropy-lowering tokens leave the
-    policy-gradient term (`clip_covariance`).
+    policy-gradient term (`clip_covariance`). π is the adapted LM's full softmax, or with --logprobs masked
+    the distribution over the tokens sampling may draw.
 
     With --entropy-target H > 0 the entropy coefficient c adapts after every update:
     log c += --entropy-coef-lr × (H − mean per-token entropy), kept between --entropy-coef and 100, so
@@ -134,7 +135,8 @@ class Reinforce:
         cfg, policy = self.cfg, self.policy
         advantages = self.running(rewards) if cfg.advantage == "running" else \
             normalize_rewards(rewards, cfg.reward_scale)  # (N,)
-        log_probs, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens)  # (N, T)
+        masked = cfg.logprobs == "masked"
+        log_probs, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens, masked)  # (N, T)
         pg_log_probs, clipped, token_cov = clip_covariance(log_probs, advantages, cfg.cov_clip)
         policy_loss = -(advantages[:, None] * pg_log_probs).sum(1).mean()
         loss = policy_loss - self.entropy_coef * entropy.mean() + cfg.kl_coef * kl.sum(1).mean()
@@ -150,7 +152,7 @@ class Reinforce:
         if cfg.elite_coef > 0 and self.elite.tokens:  # empty while no step has scored
             hidden = torch.stack(self.elite.hidden).to(policy.device)
             tokens = torch.stack(self.elite.tokens).to(policy.device)
-            elite_logp, _, _ = policy.evaluate_actions(hidden, tokens)
+            elite_logp, _, _ = policy.evaluate_actions(hidden, tokens, masked)
             elite_loss = -elite_logp.sum(1).mean()
             loss = loss + cfg.elite_coef * elite_loss
             metrics["losses/elite_nll"] = float(elite_loss.detach())

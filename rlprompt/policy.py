@@ -214,18 +214,26 @@ class PromptPolicy:
         return PromptBatch(tokens, torch.stack(logps, 1), torch.stack(ents, 1),
                            torch.stack(hiddens, 1), self.decode(tokens))
 
-    def evaluate_actions(self, base_hidden: torch.Tensor, tokens: torch.Tensor):
+    def evaluate_actions(self, base_hidden: torch.Tensor, tokens: torch.Tensor, masked: bool = False):
         """With gradients to the adaptor: log-probs (N, T), entropy (N, T), KL(policy ‖ base) (N, T).
 
-        Log-probs and entropy are those of the full softmax of the adapted model, the same numbers
-        that `model(...)` (and trl) compute for these tokens.
+        By default over the full softmax of the adapted model, the same numbers that `model(...)` (and
+        trl) compute for these tokens; with `masked`, over the tokens sampling may draw at each position
+        (`masked_logits`: the policy's and the base LM's distributions renormalized over them).
         """
-        logp = torch.log_softmax(lm_logits(self.model, self.adaptor(base_hidden)).float(), -1)
-        with torch.no_grad():
-            base_logp = torch.log_softmax(lm_logits(self.model, base_hidden).float(), -1)
+        if masked:
+            logits = self.masked_logits(base_hidden, tokens)
+            with torch.no_grad():
+                base_logits = self.masked_logits(base_hidden, tokens, adaptor=nn.Identity())
+        else:
+            logits = lm_logits(self.model, self.adaptor(base_hidden)).float()
+            with torch.no_grad():
+                base_logits = lm_logits(self.model, base_hidden).float()
+        logp, base_logp = torch.log_softmax(logits, -1), torch.log_softmax(base_logits, -1)
         p = logp.exp()
-        entropy = -(p * logp).sum(-1)
-        kl = (p * (logp - base_logp)).sum(-1)
+        masked_out = torch.isinf(logits)  # p is 0 there: 0 × log 0 counts as 0, with finite gradients
+        entropy = -(p * logp.masked_fill(masked_out, 0.0)).sum(-1)
+        kl = (p * (logp - base_logp).masked_fill(masked_out, 0.0)).sum(-1)
         return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy, kl
 
     @torch.no_grad()

@@ -119,3 +119,18 @@ def test_masked_logits_are_what_sampling_drew_from(policy):
     for t in range(1, batch.tokens.shape[1]):  # no_repeat: earlier tokens are masked
         earlier = logits[:, t].gather(1, batch.tokens[:, :t])
         assert torch.isinf(earlier).all()
+
+
+def test_masked_log_probs_entropy_and_kl_are_over_the_tokens_sampling_may_draw(policy):
+    perturb(policy.adaptor)
+    batch = policy.sample(4, generator=torch.Generator().manual_seed(0))
+    logp, entropy, kl = policy.evaluate_actions(batch.base_hidden, batch.tokens, masked=True)
+    q = torch.log_softmax(policy.masked_logits(batch.base_hidden, batch.tokens), -1).detach()
+    allowed = torch.isfinite(q)
+    torch.testing.assert_close(logp.detach(), q.gather(-1, batch.tokens[..., None]).squeeze(-1))
+    torch.testing.assert_close(entropy.detach(), -(q.exp() * q.where(allowed, 0.0)).sum(-1))
+    full_logp, full_entropy, _ = policy.evaluate_actions(batch.base_hidden, batch.tokens)
+    assert (logp.detach() > full_logp.detach()).all()  # renormalized over fewer tokens
+    assert (kl >= -1e-6).all() and (kl > 1e-4).any() and not torch.equal(entropy, full_entropy)
+    (-(logp.sum() + entropy.sum()) + kl.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in policy.adaptor.parameters())

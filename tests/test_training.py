@@ -333,3 +333,13 @@ def test_prompt_vocab_words_reaches_the_policy(tiny_lm, smol_tokenizer):
     policy, _, _ = build_policy_and_envs(cfg, fresh_tiny_lm(tok), tok, scorer, task)
     texts = policy.sample(8, generator=torch.Generator().manual_seed(0)).texts
     assert policy.vocab == "words" and all(t.replace(" ", "").isalpha() for t in texts), texts
+
+
+def test_masked_log_probs_raise_the_reward_on_the_toy_task(smol_tokenizer, tmp_path):
+    trainer = toy_trainer(smol_tokenizer, tmp_path, steps=40, prompts_per_step=16, advantage="running",
+                          logprobs="masked", entropy_coef=0.01, kl_coef=0.1)
+    trainer.run(progress=False)
+    rewards = [h["charts/reward_mean"] for h in trainer.book.history]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 20, rewards
+    with pytest.raises(UserError, match="unknown --logprobs 'top-k'"):
+        TrainConfig(logprobs="top-k")
