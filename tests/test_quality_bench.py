@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,16 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert row["chosen"]["eval_acc"] == result["rl"]["test_acc"]
     assert row["learns"] == (row["final_greedy"]["eval_acc"] >= row["early_best"]["eval_acc"])
     assert json.loads(learning.stdout)["runs"] == 1
+
+    mass = subprocess.run([sys.executable, str(REPO / "bench" / "policy_mass.py"), str(tmp_path / "runs" / "smoke" /
+                           "sst2__13"), "--samples", "8"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert mass.returncode == 0, mass.stderr[-2000:]
+    start, trained = [json.loads(line) for line in mass.stdout.splitlines()]
+    assert start["run"] == "start" and trained["seed"] == 13 and trained["logprobs"] == "full"
+    for shares in (start, trained):
+        assert len(shares["on_masked_tokens"]) == len(shares["in_top_k"]) == len(shares["entropy_sampling"]) > 0
+        assert all(0 <= m and m + k <= 1 + 1e-3 for m, k in zip(shares["on_masked_tokens"], shares["in_top_k"]))
+        assert all(0 <= s <= math.log(shares["top_k"]) + 1e-3 for s in shares["entropy_sampling"])
 
     curves = subprocess.run([sys.executable, str(REPO / "bench" / "learning.py"), "--label", "smoke", "--runs-dir",
                              str(tmp_path / "runs"), "--results", str(tmp_path / "learning"), "--early-steps", "1",
