@@ -32,11 +32,9 @@ def policy_mass(policy, samples: int, seed: int) -> dict:
     """The figures of the module docstring for `policy`, per position, over `samples` sampled prompts."""
     import torch
 
-    from rlprompt.scorer import lm_logits
-
     with torch.no_grad():
         batch = policy.sample(samples, generator=torch.Generator(device=policy.device).manual_seed(seed))
-        full = torch.log_softmax(lm_logits(policy.model, policy.adaptor(batch.base_hidden)).float(), -1)
+        full = policy.log_policy(batch.base_hidden)
         masked = policy.masked_logits(batch.base_hidden, batch.tokens)
         p = full.exp()
         top = masked.topk(min(policy.top_k, masked.shape[-1]), -1)
@@ -65,7 +63,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from torch import nn
 
-    from rlprompt.checkpoint import load_checkpoint
     from rlprompt.generate import load_policy
 
     for i, run in enumerate(args.runs):
@@ -74,7 +71,7 @@ def main(argv=None) -> int:
             trained, policy.adaptor = policy.adaptor, nn.Identity()  # the base LM: the untrained policy
             print(json.dumps({"run": "start", **policy_mass(policy, args.samples, args.seed)}), flush=True)
             policy.adaptor = trained
-        cfg = load_checkpoint(run)["config"]
+        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))  # the checkpoint's config, as train.py wrote it
         meta = {"run": str(run), "task": cfg.get("task"), "seed": cfg.get("seed"),
                 "logprobs": cfg.get("logprobs", "full")}
         print(json.dumps({**meta, **policy_mass(policy, args.samples, args.seed)}), flush=True)
