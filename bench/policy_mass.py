@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             trained, policy.adaptor = policy.adaptor, nn.Identity()  # the base LM: the untrained policy
             print(json.dumps({"run": "start", **policy_mass(policy, args.samples, args.seed)}), flush=True)
             policy.adaptor = trained
-        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))  # the checkpoint's config, as train.py wrote it
+        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))  # the run's settings
         meta = {"run": str(run), "task": cfg.get("task"), "seed": cfg.get("seed"),
                 "logprobs": cfg.get("logprobs", "full")}
         print(json.dumps({**meta, **policy_mass(policy, args.samples, args.seed)}), flush=True)
