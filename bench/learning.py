@@ -3,8 +3,9 @@ eval set (its --test file: SST-2's full/dev.tsv for `--eval-set full-dev` labels
 
     python bench/learning.py --label abl-default            # the runs in runs/quality/abl-default/
 
-- early best: every distinct prompt sampled in the first --early-steps steps (default 20), scored on the
-  run's dev set; the best on dev (ties: train reward) is what random sampling + dev selection gives;
+- early best: every distinct prompt the run produced with fewer than --early-steps updates behind it
+  (default 20: the samples of steps 1-20 and the greedy prompt of the dev check after step 10), scored on
+  the run's dev set; the best on dev (ties: train reward) is what random sampling + dev selection gives;
 - final greedy: the policy's argmax prompt at the end of training;
 - chosen: the run's own final prompt (its --selection on the dev-scored prompts);
 - train+dev pick: among the prompts the run scored on dev, the best by accuracy over train and dev.

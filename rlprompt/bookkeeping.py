@@ -28,7 +28,9 @@ EARLY_STOP = "early stop: dev accuracy did not improve"
 
 @dataclass
 class PromptRecord:
-    """A distinct prompt seen in training, with its scores."""
+    """A distinct prompt seen in training, with its scores. `step` counts the policy updates made before
+    the prompt was first produced: 0 for the samples of the first step, 10 for the greedy prompt of the
+    dev check after step 10."""
 
     prompt: str
     train_reward: float
