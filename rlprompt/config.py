@@ -169,6 +169,7 @@ class TrainConfig(TaskArgs):
             raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
         if self.trainer != "reinforce":  # another trainer would silently leave these out
             given = [name for name in REINFORCE_ONLY if getattr(self, name)]
+            given += ["logprobs"] if self.logprobs != "full" else []
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} works with --trainer reinforce only, "
                                 f"not {self.trainer}")
@@ -179,7 +180,8 @@ class TrainConfig(TaskArgs):
                             "give one of them")
 
 
-# settings that only the REINFORCE objective reads (--update-kl: every trainer but trl-grpo)
+# settings that only the REINFORCE objective reads, on when non-zero (and --logprobs when not full;
+# --update-kl: every trainer but trl-grpo)
 REINFORCE_ONLY = ("entropy_target", "cov_clip", "elite_coef")
 
 # flag -> (lowest, highest, what to say): ints and floats must be finite and inside [lowest, highest]

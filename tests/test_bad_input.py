@@ -100,6 +100,8 @@ def cases(ws: Path, tiny: str, data: str):
         "steps 0": (train, ["--steps", "0"], ["--steps"]),
         "a REINFORCE setting for another trainer": (train, ["--trainer", "sql", "--cov-clip", "0.05"],
                                                     ["--cov-clip works with --trainer reinforce only", "sql"]),
+        "masked log-probs for another trainer": (train, ["--trainer", "sql", "--logprobs", "masked"],
+                                                 ["--logprobs works with --trainer reinforce only", "sql"]),
         "unknown prompt vocabulary": (train, ["--prompt-vocab", "emoji"], ["unknown --prompt-vocab 'emoji'", "words"]),
         "one prompt per step": (train, ["--prompts-per-step", "1"], ["--prompts-per-step", "at least 2"]),
         "negative lr": (train, ["--lr", "-1"], ["--lr", "positive"]),
