@@ -168,8 +168,8 @@ class TrainConfig(TaskArgs):
         if self.reward_on not in REWARD_ON:
             raise UserError(f"unknown --reward-on {self.reward_on!r}; use {' or '.join(REWARD_ON)}")
         if self.trainer != "reinforce":  # another trainer would silently leave these out
-            given = [name for name in REINFORCE_ONLY if getattr(self, name)]
-            given += ["logprobs"] if self.logprobs != "full" else []
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [name for name in REINFORCE_ONLY if getattr(self, name) != defaults[name]]
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} works with --trainer reinforce only, "
                                 f"not {self.trainer}")
@@ -180,9 +180,9 @@ class TrainConfig(TaskArgs):
                             "give one of them")
 
 
-# settings that only the REINFORCE objective reads, on when non-zero (and --logprobs when not full;
-# --update-kl: every trainer but trl-grpo)
-REINFORCE_ONLY = ("entropy_target", "cov_clip", "elite_coef")
+# settings that only the REINFORCE objective reads: another trainer refuses any value but the default (off)
+# (--update-kl: every trainer but trl-grpo)
+REINFORCE_ONLY = ("entropy_target", "cov_clip", "elite_coef", "logprobs")
 
 # flag -> (lowest, highest, what to say): ints and floats must be finite and inside [lowest, highest]
 NUMBER_RULES = {
