@@ -92,7 +92,7 @@ def train_in(folder, cfg: TrainConfig, state: dict | None, spec, task, task_lm=N
     if cfg.save_task and main_process:
         cfg.task_spec().with_overrides(template=task.template, verbalizers=task.verbalizers).to_file(cfg.save_task)
         print(f"task saved to {cfg.save_task} (reuse it with --task-file {cfg.save_task})")
-    seed_everything(cfg.seed)
+    seed_everything(cfg.random_seed)
     try:
         scorer, policy, train_env, dev_env = build(cfg, task, task_lm)
     except BaseException:

@@ -67,6 +67,8 @@ class TrainConfig(TaskArgs):
     task_model: str = _f("smollm2-135m", "task LM that scores prompts: embedded name, local path or HF id")
     task_dtype: str = _f("auto", "task LM precision for scoring: auto (bf16 on GPUs and CPUs with "
                          "AVX512-BF16/AMX, else fp32), bf16, fp16 or fp32")
+    run_seed: int | None = _f(None, "random seed of the RL run alone (adaptor init, sampling, train mini-batches; "
+                              "default --seed): another value re-draws the run on the same split and baselines")
     prompt_length: int = _f(5, "tokens per prompt")
     steps: int = _f(240, "policy-gradient steps (the budget)")
     prompts_per_step: int = _f(16, "prompts sampled and scored per step")
@@ -148,6 +150,11 @@ class TrainConfig(TaskArgs):
                                 "single tokens nearest the label names and a few synonyms; the default for "
                                 "data of your own without --verbalizers")
 
+    @property
+    def random_seed(self) -> int:
+        """The seed of the run's randomness: --run-seed, else --seed (which also names the split)."""
+        return self.seed if self.run_seed is None else self.run_seed
+
     def __post_init__(self):
         check_numbers(self, NUMBER_RULES)
         from rlprompt.calibration import check_mode
@@ -187,6 +194,7 @@ REINFORCE_ONLY = ("entropy_target", "cov_clip", "elite_coef", "logprobs")
 # flag -> (lowest, highest, what to say): ints and floats must be finite and inside [lowest, highest]
 NUMBER_RULES = {
     "seed": (0, 2**32 - 1, "a whole number from 0 to 2**32-1"),
+    "run_seed": (0, 2**32 - 1, "a whole number from 0 to 2**32-1"),
     "dev_fraction": (1e-9, 1 - 1e-9, "between 0 and 1 (exclusive)"),
     "prompt_length": (1, None, "at least 1"),
     "steps": (1, None, "at least 1"),

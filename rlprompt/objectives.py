@@ -223,7 +223,7 @@ class SoftQ:
         self.cfg = cfg
         self.policy = policy
         self.target = copy.deepcopy(policy.adaptor).requires_grad_(False)
-        self.replay = Replay(cfg.sql_replay, cfg.seed)
+        self.replay = Replay(cfg.sql_replay, cfg.random_seed)
 
     def _losses(self, hidden, tokens, rewards):
         q_all = self.policy.masked_logits(hidden, tokens)  # (N, T, V)

@@ -43,9 +43,9 @@ class Trainer:
         self.policy = policy
         self.train_env = train_env
         self.optimizer = make_optimizer(cfg, policy.adaptor.parameters())
-        self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=policy.device).manual_seed(cfg.random_seed)
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
-        self.train_batches = TrainBatches(train_env.examples, cfg.train_batch, cfg.seed)
+        self.train_batches = TrainBatches(train_env.examples, cfg.train_batch, cfg.random_seed)
         self.book.checkpointed["train_batches"] = self.train_batches
         self.objective = make_objective(cfg, policy)
         self.book.checkpointed["objective"] = self.objective

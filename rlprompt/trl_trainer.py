@@ -218,7 +218,7 @@ class GRPOPromptTrainer:
         if world_size() == 1:
             set_rng_state(self._resume_rng, self.generator)
         else:
-            set_seed(self.cfg.seed + self.book.step, device_specific=True)
+            set_seed(self.cfg.random_seed + self.book.step, device_specific=True)
         self.resuming = False
 
     def grpo_config(self, max_steps: int):
@@ -232,7 +232,7 @@ class GRPOPromptTrainer:
                             f"processes ({world}) with --trainer trl-grpo")
         loss_scale = cfg.reward_scale * cfg.prompt_length  # default trainer's loss / trl's loss
         return GRPOConfig(
-            output_dir=str(self.run_dir), max_steps=max_steps, seed=cfg.seed,
+            output_dir=str(self.run_dir), max_steps=max_steps, seed=cfg.random_seed,
             per_device_train_batch_size=cfg.prompts_per_step // world, gradient_accumulation_steps=1,
             num_generations=cfg.prompts_per_step, max_completion_length=cfg.prompt_length,
             temperature=1.0, top_k=cfg.top_k, top_p=1.0, num_iterations=1, loss_type="grpo",

@@ -130,6 +130,7 @@ def cases(ws: Path, tiny: str, data: str):
         "checkpoint steps 0": (train, ["--checkpoint-every", "0"], ["--checkpoint-every must be at least 1"]),
         "train batch 0": (train, ["--train-batch", "0"], ["--train-batch must be at least 1"]),
         "negative seed": (train, ["--seed", "-1"], ["--seed", "0 to 2**32-1"]),
+        "negative run seed": (train, ["--run-seed", "-1"], ["--run-seed", "0 to 2**32-1"]),
         "dev fraction nan": (train, csv + ["--dev-fraction", "nan"], ["--dev-fraction", "between 0 and 1"]),
         "top-k 0": (train, ["--top-k", "0"], ["--top-k must be at least 1"]),
         "negative patience": (train, ["--patience", "-1"], ["--patience"]),

@@ -55,6 +55,19 @@ def test_same_seed_same_numbers(uninterrupted, tiny_model_dir, data_dir, tmp_pat
 
 
 @pytest.mark.slow
+def test_run_seed_redraws_the_run_on_the_same_split(uninterrupted, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "redrawn"
+    proc = subprocess.run([sys.executable, "train.py", *train_args(tiny_model_dir, data_dir, out), "--run-seed", "7"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (uninterrupted, out)]
+    assert summaries[0]["seed"] == summaries[1]["seed"] == 13
+    assert summaries[0]["baselines"] and summaries[0]["baselines"] == summaries[1]["baselines"]  # same split
+    assert numbers(out)[1] != numbers(uninterrupted)[1]  # another draw of the samples
+    assert json.loads((out / "config.json").read_text())["run_seed"] == 7
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resume_equals_uninterrupted(signum, uninterrupted, tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "cut"
