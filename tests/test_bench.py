@@ -73,3 +73,50 @@ def test_train_step_bench_profiles_the_steps_after_the_first(tiny_model_dir, dat
     assert profile["sorted_by"] == "self_cpu_time_total" and "gpu_busy_share" not in profile
     assert 0 < sum(op["share"] for op in profile["top"]) <= 1.001 and all(op["calls"] > 0 for op in profile["top"])
     assert "Self CPU" in table.read_text()
+
+
+def write_draw(results: Path, label: str, accs: dict, run_seed=None, cpu="AMD EPYC", learns=None, lr=3e-5):
+    """Quality-bench and learning JSONs of one draw: split -> chosen accuracy (final greedy = chosen - 0.01)."""
+    for seed, acc in accs.items():
+        args = ["--run-seed", str(run_seed)] if run_seed is not None else []
+        result = {"seed": seed, "eval_set": "full-dev", "rl": {"test_acc": acc}, "method_args": args,
+                  "hardware": {"cpu": cpu, "fast_bf16": True}, "method_config": {"lr": lr, "run_seed": run_seed}}
+        (results / "quality" / label).mkdir(parents=True, exist_ok=True)
+        (results / "quality" / label / f"sst2__{seed}.json").write_text(json.dumps(result))
+        if learns is not None:
+            (results / "learning" / label).mkdir(parents=True, exist_ok=True)
+            (results / "learning" / label / f"sst2__{seed}.json").write_text(json.dumps(
+                {"final_greedy": {"eval_acc": acc - 0.01}, "early_best": {"eval_acc": 0.5}, "learns": learns}))
+
+
+def redraw(results: Path, *labels: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "bench/redraw.py", "--results", str(results), "--labels", ",".join(labels)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_redraw_bench_pools_the_within_split_spread(tmp_path):
+    write_draw(tmp_path, "plain", {13: 0.80, 21: 0.70}, learns=True)
+    write_draw(tmp_path, "again", {13: 0.82, 21: 0.74, 42: 0.9}, run_seed=1, learns=False)
+    proc = redraw(tmp_path, "plain", "again")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["splits"] == [13, 21]  # only the splits both draws finished
+    assert doc["per_draw"]["plain"]["learns"] == 2 and doc["per_draw"]["again"]["learns"] == 0
+    # split variances 0.0002 and 0.0008 -> pooled sigma = sqrt(0.0005)
+    chosen = doc["noise"]["chosen"]
+    assert chosen["within_split_std"] == pytest.approx(0.0005 ** 0.5)
+    assert chosen["std_of_a_paired_difference"] == pytest.approx(0.0005 ** 0.5)  # sqrt(2 / 2) = 1
+    assert chosen["draw_means_min"] == pytest.approx(0.75) and chosen["draw_means_max"] == pytest.approx(0.78)
+    assert "final_greedy" in doc["noise"]
+
+
+@pytest.mark.parametrize("second, message", [
+    ({"run_seed": None}, "same draw"),
+    ({"run_seed": 1, "cpu": "Intel Xeon"}, "different machines"),
+    ({"run_seed": 1, "lr": 1e-4}, "different methods"),
+], ids=["same run seed", "other CPU", "other method"])
+def test_redraw_bench_refuses_draws_that_are_not_redraws(tmp_path, second, message):
+    write_draw(tmp_path, "plain", {13: 0.80})
+    write_draw(tmp_path, "other", {13: 0.81}, **second)
+    proc = redraw(tmp_path, "plain", "other")
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
