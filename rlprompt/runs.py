@@ -256,7 +256,7 @@ def write_run_outputs(cfg, book, task, scorer, run_dir: Path, best, baselines: l
     summary = {
         "task": task.name, "template": task.template, "verbalizers": task.verbalizers,
         "label_names": task.label_names,
-        "seed": cfg.seed, "steps": book.step, "stop_reason": book.stop_reason,
+        "seed": cfg.seed, "run_seed": cfg.random_seed, "steps": book.step, "stop_reason": book.stop_reason,
         "wall_s": round(book.train_s, 1), "phases_s": dict(phases_s or {}), "skipped_steps": book.skipped_steps,
         "task_dtype": dtype_name(next(scorer.model.parameters()).dtype),
         "hardware": hardware(next(scorer.model.parameters()).device),

@@ -193,7 +193,7 @@ class GRPOPromptTrainer:
         self.policy = policy
         self.run_dir = Path(run_dir)
         self.optimizer = make_optimizer(cfg, policy.adaptor.parameters())
-        self.generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)  # saved, for resume
+        self.generator = torch.Generator(device=policy.device).manual_seed(cfg.random_seed)  # saved, for resume
         self.book = Bookkeeper(cfg, policy, self.optimizer, self.generator, train_env, dev_env, run_dir, writer)
         self.reward_fn = GroupReward(train_env, self.book)
         self.start_step = 0

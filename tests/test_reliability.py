@@ -64,7 +64,8 @@ def test_run_seed_redraws_the_run_on_the_same_split(uninterrupted, tiny_model_di
     assert summaries[0]["seed"] == summaries[1]["seed"] == 13
     assert summaries[0]["baselines"] and summaries[0]["baselines"] == summaries[1]["baselines"]  # same split
     assert numbers(out)[1] != numbers(uninterrupted)[1]  # another draw of the samples
-    assert json.loads((out / "config.json").read_text())["run_seed"] == 7
+    assert json.loads((out / "config.json").read_text())["run_seed"] == summaries[1]["run_seed"] == 7
+    assert summaries[0]["run_seed"] == 13
 
 
 @pytest.mark.slow
