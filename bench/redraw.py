@@ -64,8 +64,8 @@ def read_draw(results: Path, label: str, task: str) -> dict[int, dict]:
 
 def run_seed(result: dict) -> int:
     """The --run-seed a quality-bench run was made with (its split's seed when not given)."""
-    args = result.get("method_args") or []
-    return int(args[args.index("--run-seed") + 1]) if "--run-seed" in args else result["seed"]
+    given = (result.get("method_config") or {}).get("run_seed")
+    return result["seed"] if given is None else int(given)
 
 
 def method_without_seed(result: dict) -> str | None:

@@ -78,8 +78,7 @@ def test_train_step_bench_profiles_the_steps_after_the_first(tiny_model_dir, dat
 def write_draw(results: Path, label: str, accs: dict, run_seed=None, cpu="AMD EPYC", learns=None, lr=3e-5):
     """Quality-bench and learning JSONs of one draw: split -> chosen accuracy (final greedy = chosen - 0.01)."""
     for seed, acc in accs.items():
-        args = ["--run-seed", str(run_seed)] if run_seed is not None else []
-        result = {"seed": seed, "eval_set": "full-dev", "rl": {"test_acc": acc}, "method_args": args,
+        result = {"seed": seed, "eval_set": "full-dev", "rl": {"test_acc": acc},
                   "hardware": {"cpu": cpu, "fast_bf16": True}, "method_config": {"lr": lr, "run_seed": run_seed}}
         (results / "quality" / label).mkdir(parents=True, exist_ok=True)
         (results / "quality" / label / f"sst2__{seed}.json").write_text(json.dumps(result))
