@@ -25,6 +25,7 @@ from pathlib import Path
 from rlprompt.atomic import atomic_write_text
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
+from quality import result_precision  # bench/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = ("chosen", "final_greedy", "early_best")
@@ -49,7 +50,7 @@ def read_draw(results: Path, label: str, task: str) -> dict[int, dict]:
     for path in sorted((results / "quality" / label).glob(f"{task}__*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         row = {"chosen": result["rl"]["test_acc"], "eval_set": result["eval_set"],
-               "machine": (result["hardware"].get("cpu"), result["hardware"].get("gpu"), result["hardware"].get("fast_bf16")),
+               "machine": (result["hardware"].get("cpu"), result["hardware"].get("gpu"), result_precision(result)),
                "run_seed": run_seed(result), "method": method_without_seed(result)}
         learning = results / "learning" / label / path.name
         if learning.exists():
@@ -87,7 +88,7 @@ def summarize(draws: dict[str, dict[int, dict]]) -> dict:
     splits = sorted(set.intersection(*(set(runs) for runs in draws.values())))
     if not splits:
         raise UserError(f"the labels {', '.join(labels)} share no finished split")
-    for key, what in (("eval_set", "eval sets"), ("machine", "machines (CPU model, GPU, bf16 path)")):
+    for key, what in (("eval_set", "eval sets"), ("machine", "machines (CPU model, GPU, device and precision)")):
         seen = {str(draws[label][s][key]) for label in labels for s in splits}
         if len(seen) > 1:
             raise UserError(f"the labels were scored on different {what}: {', '.join(sorted(seen))}; draws "

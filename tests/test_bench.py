@@ -75,11 +75,13 @@ def test_train_step_bench_profiles_the_steps_after_the_first(tiny_model_dir, dat
     assert "Self CPU" in table.read_text()
 
 
-def write_draw(results: Path, label: str, accs: dict, run_seed=None, cpu="AMD EPYC", learns=None, lr=3e-5):
+def write_draw(results: Path, label: str, accs: dict, run_seed=None, cpu="AMD EPYC", learns=None, lr=3e-5,
+               dtype="bf16"):
     """Quality-bench and learning JSONs of one draw: split -> chosen accuracy (final greedy = chosen - 0.01)."""
     for seed, acc in accs.items():
-        result = {"seed": seed, "eval_set": "full-dev", "rl": {"test_acc": acc},
-                  "hardware": {"cpu": cpu, "fast_bf16": True}, "method_config": {"lr": lr, "run_seed": run_seed}}
+        result = {"seed": seed, "eval_set": "full-dev", "rl": {"test_acc": acc}, "task_dtype": dtype,
+                  "hardware": {"device": "cpu", "cpu": cpu, "fast_bf16": True},
+                  "method_config": {"lr": lr, "run_seed": run_seed}}
         (results / "quality" / label).mkdir(parents=True, exist_ok=True)
         (results / "quality" / label / f"sst2__{seed}.json").write_text(json.dumps(result))
         if learns is not None:
@@ -112,8 +114,9 @@ def test_redraw_bench_pools_the_within_split_spread(tmp_path):
 @pytest.mark.parametrize("second, message", [
     ({"run_seed": None}, "same draw"),
     ({"run_seed": 1, "cpu": "Intel Xeon"}, "different machines"),
+    ({"run_seed": 1, "dtype": "fp32"}, "different machines"),
     ({"run_seed": 1, "lr": 1e-4}, "different methods"),
-], ids=["same run seed", "other CPU", "other method"])
+], ids=["same run seed", "other CPU", "other precision", "other method"])
 def test_redraw_bench_refuses_draws_that_are_not_redraws(tmp_path, second, message):
     write_draw(tmp_path, "plain", {13: 0.80})
     write_draw(tmp_path, "other", {13: 0.81}, **second)
