@@ -122,3 +122,45 @@ def test_redraw_bench_refuses_draws_that_are_not_redraws(tmp_path, second, messa
     write_draw(tmp_path, "other", {13: 0.81}, **second)
     proc = redraw(tmp_path, "plain", "other")
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("data", [["--train-size", "8", "--dev-size", "8"], ["--shots", "21"]],
+                         ids=["glue-train", "16-shot"])
+def test_ceiling_bench_scores_every_accepted_prompt_on_the_872(data, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run([sys.executable, "bench/ceiling.py", "--data-dir", str(data_dir), "--task-model",
+                           str(tiny_model_dir), "--task-dtype", "fp32", "--option", "max_rounds=2",
+                           "--option", "candidates=4", "--option", "grad_batch=4", "--out", str(out), *data],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc == json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["data"] == ("16-shot/21" if "--shots" in data else "glue-train")
+    assert (doc["train_size"], doc["dev_size"]) == ((32, 32) if "--shots" in data else (8, 8))
+    assert doc["eval_size"] == 872 and len(doc["manual_eval_acc"]) == 6 and doc["rounds"] == 2
+    accs = [doc["eval_acc"], doc["no_prompt_eval_acc"], *doc["manual_eval_acc"].values(),
+            *(a["eval_acc"] for a in doc["accepted"])]
+    assert all(0 <= a <= 100 for a in accs)
+    rewards = [a["train_reward"] for a in doc["accepted"]]
+    assert rewards == sorted(rewards)
+
+
+def test_ceiling_bench_draws_balanced_disjoint_sentences():
+    import random
+
+    spec = importlib.util.spec_from_file_location("ceiling_bench", REPO / "bench" / "ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    from rlprompt.errors import UserError
+    from rlprompt.tasks import Example
+
+    pool = [Example(f"word {'x ' * (i % 9)}{i}", i % 2) for i in range(400)]
+    rng = random.Random(0)
+    train = ceiling.balanced_sample(pool, 20, 5, rng)
+    dev = ceiling.balanced_sample(pool, 20, 5, rng, exclude=train)
+    for part in (train, dev):
+        assert len(part) == 20 and sum(e.label for e in part) == 10
+        assert all(len(e.text.split()) >= 5 for e in part)
+    assert not {e.text for e in train} & {e.text for e in dev}
+    with pytest.raises(UserError, match="only"):
+        ceiling.balanced_sample(pool, 400, 5, rng)
