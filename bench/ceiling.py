@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import random
 import sys
 import time
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     quiet_transformers()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     import torch
 

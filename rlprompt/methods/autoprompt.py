@@ -18,6 +18,7 @@ backward pass through the task LM, as the soft methods count it).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from rlprompt.methods.options import options_into
 from rlprompt.methods.soft_common import label_logprobs, model_device
 from rlprompt.scorer import PromptEncoder
 from rlprompt.tasks import verbalizer_token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -164,6 +167,8 @@ def run(ctx: MethodContext) -> MethodResult:
                 stale += 1
             trace.append({"round": rnd, "grad_loss": round(loss, 4), "prompt": current.prompt,
                           "train_reward": round(current.train_reward, 3), "improved": improved})
+            log.info("autoprompt round %d: %r train reward %.2f%s, %d pairs", rnd, current.prompt,
+                     current.train_reward, " (new)" if improved else "", search.ledger.used)
             if stale >= cfg.patience:
                 stop = f"no higher train reward for {cfg.patience} rounds"
                 break
