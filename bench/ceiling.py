@@ -106,7 +106,8 @@ def main(argv=None) -> int:
 
     accepted = list(dict.fromkeys(r["prompt"] for r in result.extra["rounds"]))
     references = {"no prompt": ""} | {f"manual: {m}": m for m in task.manual_prompts}
-    prompts = list(dict.fromkeys([result.prompt] + accepted + list(references.values())))
+    start = result.extra["start"]
+    prompts = list(dict.fromkeys([result.prompt, start] + accepted + list(references.values())))
     rows = evaluate_prompts(scorer, prompts, eval_set, progress=False, desc="eval")
     on_eval = {prompt: round(100 * row["accuracy"], 2) for prompt, row in zip(prompts, rows)}
     manual = {name: on_eval[text] for name, text in references.items() if name != "no prompt"}
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
         "sample_seed": seed, "options": options, "eval_set": "sst-2/full/dev.tsv",
         "eval_size": len(eval_set), "calibration": "batch",
         "prompt": result.prompt, "search_dev_acc": round(100 * result.dev_acc, 2),
-        "eval_acc": on_eval[result.prompt], "no_prompt_eval_acc": on_eval[""],
+        "eval_acc": on_eval[result.prompt], "start": start, "start_eval_acc": on_eval[start],
+        "no_prompt_eval_acc": on_eval[""],
         "best_manual_eval_acc": max(manual.values()), "manual_eval_acc": manual,
         "accepted": [{"round": r["round"], "prompt": r["prompt"], "train_reward": r["train_reward"],
                       "eval_acc": on_eval[r["prompt"]]} for r in result.extra["rounds"] if r["improved"]],

@@ -138,7 +138,8 @@ def test_ceiling_bench_scores_every_accepted_prompt_on_the_872(data, tiny_model_
     assert doc["data"] == ("16-shot/21" if "--shots" in data else "glue-train")
     assert (doc["train_size"], doc["dev_size"]) == ((32, 32) if "--shots" in data else (8, 8))
     assert doc["eval_size"] == 872 and len(doc["manual_eval_acc"]) == 6 and doc["rounds"] == 2
-    accs = [doc["eval_acc"], doc["no_prompt_eval_acc"], *doc["manual_eval_acc"].values(),
+    assert doc["start"] == "Overall, what did the"  # the manual prompt cut to 5 tokens
+    accs = [doc["eval_acc"], doc["start_eval_acc"], doc["no_prompt_eval_acc"], *doc["manual_eval_acc"].values(),
             *(a["eval_acc"] for a in doc["accepted"])]
     assert all(0 <= a <= 100 for a in accs)
     rewards = [a["train_reward"] for a in doc["accepted"]]

@@ -143,6 +143,7 @@ def run(ctx: MethodContext) -> MethodResult:
     rng = random.Random(ctx.seed)
     search = PromptSearch(ctx, desc="autoprompt")
     ids = initial_ids(tok, ctx.task.manual_prompt if cfg.init is None else cfg.init, cfg.prompt_length)
+    start = decode(ids)
     trace, stop, stale = [], "max_rounds reached", 0
     try:
         current = search.score_train([decode(ids)])[0]
@@ -174,5 +175,5 @@ def run(ctx: MethodContext) -> MethodResult:
                 break
     except BudgetExhausted:
         stop = "budget spent"
-    return search.finish("autoprompt", extra={"rounds": trace, "stop_reason": stop,
+    return search.finish("autoprompt", extra={"start": start, "rounds": trace, "stop_reason": stop,
                                               "config": {k: v for k, v in vars(cfg).items()}})
