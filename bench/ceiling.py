@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     on_eval = {prompt: round(100 * row["accuracy"], 2) for prompt, row in zip(prompts, rows)}
     manual = {name: on_eval[text] for name, text in references.items() if name != "no prompt"}
     out = {
-        "bench": "ceiling", "method": "autoprompt", "task": "sst2", "task_model": args.task_model, "template": task.template,
-        "verbalizers": task.verbalizers, "machine": hardware(model.device), "task_dtype": str(model.dtype),
+        "bench": "ceiling", "method": "autoprompt", "task": "sst2", "task_model": args.task_model,
+        "template": task.template,        "verbalizers": task.verbalizers, "machine": hardware(model.device), "task_dtype": str(model.dtype),
         "data": "glue-train" if args.shots is None else f"16-shot/{args.shots}",
         "train_size": len(task.train), "dev_size": len(task.dev), "min_words": args.min_words,
         "sample_seed": seed, "options": options, "eval_set": "sst-2/full/dev.tsv",

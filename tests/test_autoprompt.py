@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from rlprompt.calibration import calibrated
+from rlprompt.errors import UserError
 from rlprompt.methods import MethodContext
 from rlprompt.methods import autoprompt
 from rlprompt.scorer import CachedScorer
@@ -78,3 +80,11 @@ def test_autoprompt_climbs_the_toy_reward_within_its_budget(tiny_lm):
     assert autoprompt.run(short).extra["stop_reason"] == "budget spent"
     again = autoprompt.run(ctx())
     assert (again.prompt, again.extra["rounds"]) == (result.prompt, rounds)
+
+
+def test_autoprompt_needs_a_causal_task_lm(smol_tokenizer):
+    task = toy_task()
+    ctx = MethodContext(task=task, task_model=None, task_tokenizer=smol_tokenizer,
+                        scorer=ParityTaskLM(smol_tokenizer, task.train + task.dev + task.test), pair_budget=500)
+    with pytest.raises(UserError, match="causal task LM"):
+        autoprompt.run(ctx)

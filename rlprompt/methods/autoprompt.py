@@ -18,6 +18,7 @@ backward pass through the task LM, as the soft methods count it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, regis
 from rlprompt.methods.budget import PromptSearch
 from rlprompt.methods.options import options_into
 from rlprompt.methods.soft_common import label_logprobs, model_device
-from rlprompt.scorer import PromptEncoder
+from rlprompt.scorer import PromptEncoder, is_masked_model
 from rlprompt.tasks import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
 
 def initial_ids(tokenizer, text: str, n: int) -> list[int]:
     """`text`'s token ids cut or cycled to n (`!` when the text is empty)."""
-    ids = tokenizer(text or "!", add_special_tokens=False).input_ids or tokenizer("!", add_special_tokens=False).input_ids
+    ids = tokenizer(text, add_special_tokens=False).input_ids or tokenizer("!", add_special_tokens=False).input_ids
     return (ids * (n // len(ids) + 1))[:n]
 
 
@@ -135,6 +136,8 @@ def run(ctx: MethodContext) -> MethodResult:
     cfg = options_into(AutoPromptConfig(), ctx.options, "autoprompt")
     if not ctx.task.train or not ctx.task.dev:
         raise UserError("autoprompt needs train and dev examples")
+    if ctx.task_model is None or is_masked_model(ctx.task_model):
+        raise UserError("autoprompt needs the weights of a causal task LM (it follows their gradient)")
     tok = ctx.task_tokenizer
     decode = lambda ids: tok.decode(ids).strip()  # noqa: E731  (what the template's slot receives)
     allowed = allowed_tokens(tok, ctx.task_model.get_input_embeddings().weight.shape[0])
@@ -146,7 +149,7 @@ def run(ctx: MethodContext) -> MethodResult:
     start = decode(ids)
     trace, stop, stale = [], "max_rounds reached", 0
     try:
-        current = search.score_train([decode(ids)])[0]
+        current = search.score_train([start])[0]
         search.score_dev([current.prompt])
         for rnd in range(1, cfg.max_rounds + 1):
             search.round = rnd
@@ -156,10 +159,9 @@ def run(ctx: MethodContext) -> MethodResult:
                 loss, grad = gradient.loss_and_grad(ids, batch)
             options = [c for c in swaps(ids, grad, allowed, cfg.top_k, cfg.candidates, rng) if decode(c)]
             texts = list(dict.fromkeys(decode(c) for c in options))
-            records = search.score_train(texts)
-            by_text = dict(zip(texts, records))
-            best_ids = max(options, key=lambda c: by_text[decode(c)].train_reward)
-            best = by_text[decode(best_ids)]
+            by_text = dict(zip(texts, search.score_train(texts)))
+            best_ids = max(options, key=lambda c: by_text[decode(c)].train_reward, default=None)
+            best = by_text[decode(best_ids)] if best_ids else current
             improved = best.train_reward > current.train_reward
             if improved:
                 ids, current, stale = best_ids, best, 0
@@ -176,4 +178,4 @@ def run(ctx: MethodContext) -> MethodResult:
     except BudgetExhausted:
         stop = "budget spent"
     return search.finish("autoprompt", extra={"start": start, "rounds": trace, "stop_reason": stop,
-                                              "config": {k: v for k, v in vars(cfg).items()}})
+                                              "config": dataclasses.asdict(cfg)})
