@@ -43,13 +43,17 @@ class PromptEncoder:
         self.head, self.tail = split_template(template)
         self.max_length = max_length
 
-    def texts(self, prompt: str, sentence: str) -> tuple[str, str]:
-        """(prefix text, continuation text) of one pair."""
+    def around_slot(self, sentence: str) -> tuple[str, str, str]:
+        """(prefix, gap, tail) of a sentence's rendering: the text before {prompt} without its trailing
+        whitespace, that whitespace, and the text after {prompt}."""
         head = self.head.replace("{sentence}", sentence)
         prefix = head.rstrip()
-        gap = head[len(prefix):]
-        rest = gap + prompt + self.tail.replace("{sentence}", sentence)
-        return prefix, re.sub(r"[ ]{2,}", " ", rest)
+        return prefix, head[len(prefix):], self.tail.replace("{sentence}", sentence)
+
+    def texts(self, prompt: str, sentence: str) -> tuple[str, str]:
+        """(prefix text, continuation text) of one pair."""
+        prefix, gap, tail = self.around_slot(sentence)
+        return prefix, re.sub(r"[ ]{2,}", " ", gap + prompt + tail)
 
     def encode_prefix(self, sentence: str) -> list[int]:
         """Token ids of the prefix (special tokens such as BOS included)."""

@@ -30,7 +30,7 @@ from rlprompt.errors import UserError
 from rlprompt.methods import BudgetExhausted, MethodContext, MethodResult, register
 from rlprompt.methods.budget import PromptSearch
 from rlprompt.methods.options import options_into
-from rlprompt.methods.soft_common import label_logprobs, model_device
+from rlprompt.methods.soft_common import init_token_ids, label_logprobs, model_device
 from rlprompt.scorer import PromptEncoder, is_masked_model
 from rlprompt.tasks import verbalizer_token_ids
 
@@ -65,12 +65,6 @@ def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     return ok
 
 
-def initial_ids(tokenizer, text: str, n: int) -> list[int]:
-    """`text`'s token ids cut or cycled to n (`!` when the text is empty)."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids or tokenizer("!", add_special_tokens=False).input_ids
-    return (ids * (n // len(ids) + 1))[:n]
-
-
 class SlotGradient:
     """Gradients of the verbalizer cross-entropy with respect to one-hot prompt tokens in the slot."""
 
@@ -89,14 +83,12 @@ class SlotGradient:
         one_hot[torch.arange(len(ids)), torch.tensor(ids)] = 1
         one_hot.requires_grad_(True)
         slot = one_hot @ weight  # (L, d)
+        tokens = lambda text: self.tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+        embed = lambda ids: self.embedding(torch.tensor(ids, dtype=torch.long, device=device))  # noqa: E731
         rows = []
         for e in examples:
-            head = self.encoder.head.replace("{sentence}", e.text)
-            gap, tail = head[len(head.rstrip()):], self.encoder.tail.replace("{sentence}", e.text)
-            before = self.encoder.encode_prefix(e.text) + self.tokenizer(gap, add_special_tokens=False).input_ids
-            after = self.tokenizer(tail, add_special_tokens=False).input_ids
-            emb = lambda t: self.embedding(torch.tensor(t, dtype=torch.long, device=device))  # noqa: E731
-            rows.append(torch.cat([emb(before), slot, emb(after)]))
+            _, gap, tail = self.encoder.around_slot(e.text)
+            rows.append(torch.cat([embed(self.encoder.encode_prefix(e.text) + tokens(gap)), slot, embed(tokens(tail))]))
         lengths = torch.tensor([len(r) for r in rows])
         inputs = pad_sequence(rows, batch_first=True)
         mask = (torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).long().to(device)
@@ -145,7 +137,7 @@ def run(ctx: MethodContext) -> MethodResult:
                             calibrate=getattr(ctx.scorer, "mode", "none") == "batch")
     rng = random.Random(ctx.seed)
     search = PromptSearch(ctx, desc="autoprompt")
-    ids = initial_ids(tok, ctx.task.manual_prompt if cfg.init is None else cfg.init, cfg.prompt_length)
+    ids = init_token_ids(tok, (ctx.task.manual_prompt if cfg.init is None else cfg.init) or "!", cfg.prompt_length)
     start = decode(ids)
     trace, stop, stale = [], "max_rounds reached", 0
     try:
@@ -157,11 +149,12 @@ def run(ctx: MethodContext) -> MethodResult:
             search.ledger.charge(len(batch))
             with torch.enable_grad():
                 loss, grad = gradient.loss_and_grad(ids, batch)
-            options = [c for c in swaps(ids, grad, allowed, cfg.top_k, cfg.candidates, rng) if decode(c)]
-            texts = list(dict.fromkeys(decode(c) for c in options))
+            options = [(c, decode(c)) for c in swaps(ids, grad, allowed, cfg.top_k, cfg.candidates, rng)]
+            options = [(c, text) for c, text in options if text]
+            texts = list(dict.fromkeys(text for _, text in options))
             by_text = dict(zip(texts, search.score_train(texts)))
-            best_ids = max(options, key=lambda c: by_text[decode(c)].train_reward, default=None)
-            best = by_text[decode(best_ids)] if best_ids else current
+            best_ids, best_text = max(options, key=lambda o: by_text[o[1]].train_reward, default=(None, None))
+            best = by_text[best_text] if best_ids else current
             improved = best.train_reward > current.train_reward
             if improved:
                 ids, current, stale = best_ids, best, 0

@@ -27,9 +27,9 @@ from rlprompt.evaluation import accuracy, score_examples
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.budget import MODEL_PAIRS, BudgetedScorer, PairLedger
 from rlprompt.methods.options import options_into
-from rlprompt.methods.soft_common import (batched_logprobs, model_device, optimizer_step, require_train_dev_and_budget,
-                                          score_teacher, seeded, train_within_budget)
-from rlprompt.methods.soft_prompt import init_token_ids
+from rlprompt.methods.soft_common import (batched_logprobs, init_token_ids, model_device, optimizer_step,
+                                          require_train_dev_and_budget, score_teacher, seeded,
+                                          train_within_budget)
 from rlprompt.rewards import verbalizer_kl
 from rlprompt.scorer import PromptEncoder, cache_kwargs, lm_logits, returned_cache, right_pad
 from rlprompt.tasks import verbalizer_token_ids

@@ -1,6 +1,7 @@
-"""Pieces shared by the soft-prompt and prompt-compression methods: seeding, the teacher instructions,
-the budgeted training loop, and batched verbalizer log-probs of soft-prompted inputs. (The pair ledger
-and the budgeted scorer are in rlprompt.methods.budget, method options in rlprompt.methods.options.)"""
+"""Pieces shared by the soft-prompt and prompt-compression methods (and autoprompt): seeding, the teacher
+instructions, the token ids of an init text, the budgeted training loop, and batched verbalizer log-probs
+of soft-prompted inputs. (The pair ledger and the budgeted scorer are in rlprompt.methods.budget, method
+options in rlprompt.methods.options.)"""
 
 from __future__ import annotations
 
@@ -69,6 +70,14 @@ def score_teacher(ctx, scorer) -> Teacher:
                    train=score_examples(scorer, [instruction], ctx.task.train, progress=False)[0],
                    dev=score_examples(scorer, [instruction], ctx.task.dev, progress=False)[0])
 
+
+def init_token_ids(tokenizer, text: str, n: int | None) -> list[int]:
+    """Token ids of `text` (no special tokens), cut or cycled to n ids as peft's TEXT init does."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise UserError(f"init text {text!r} has no tokens; give a non-empty init_text")
+    n = n or len(ids)
+    return (ids * (n // len(ids) + 1))[:n]
 
 
 @contextlib.contextmanager

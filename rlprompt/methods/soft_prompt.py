@@ -29,8 +29,9 @@ from rlprompt.evaluation import accuracy
 from rlprompt.methods import MethodContext, MethodResult, register
 from rlprompt.methods.budget import PairLedger
 from rlprompt.methods.options import options_into
-from rlprompt.methods.soft_common import (batched_logprobs, label_logprobs, model_device, optimizer_step,
-                                          require_train_dev_and_budget, seeded, train_within_budget)
+from rlprompt.methods.soft_common import (batched_logprobs, init_token_ids, label_logprobs, model_device,
+                                          optimizer_step, require_train_dev_and_budget, seeded,
+                                          train_within_budget)
 from rlprompt.scorer import PromptEncoder, returned_cache, right_pad
 from rlprompt.tasks import verbalizer_token_ids
 
@@ -56,15 +57,6 @@ class SoftPromptConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.batch_size < 1 or self.eval_every < 1 or self.eval_batch_size < 1:
             raise UserError("batch_size, eval_every and eval_batch_size must be at least 1")
-
-
-def init_token_ids(tokenizer, text: str, n: int | None) -> list[int]:
-    """Token ids of `text` (no special tokens), cut or cycled to n ids as peft's TEXT init does."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    if not ids:
-        raise UserError(f"init text {text!r} has no tokens; give a non-empty init_text")
-    n = n or len(ids)
-    return (ids * (n // len(ids) + 1))[:n]
 
 
 class PeftSoftPrompt:
