@@ -71,8 +71,6 @@ def main(argv=None) -> int:
     quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
-    import torch
-
     from rlprompt.calibration import calibrated, unlabeled_inputs
     from rlprompt.evaluation import evaluate_prompts
     from rlprompt.methods import MethodContext, get_method
@@ -104,16 +102,18 @@ def main(argv=None) -> int:
     result = get_method("autoprompt")(ctx)
     search_s = time.perf_counter() - t0
 
-    accepted = list(dict.fromkeys(r["prompt"] for r in result.extra["rounds"]))
-    references = {"no prompt": ""} | {f"manual: {m}": m for m in task.manual_prompts}
     start = result.extra["start"]
-    prompts = list(dict.fromkeys([result.prompt, start] + accepted + list(references.values())))
+    accepted = [r for r in result.extra["rounds"] if r["improved"]]
+    references = {"no prompt": ""} | {f"manual: {m}": m for m in task.manual_prompts}
+    prompts = [result.prompt, start] + [r["prompt"] for r in accepted] + list(references.values())
+    prompts = list(dict.fromkeys(prompts))
     rows = evaluate_prompts(scorer, prompts, eval_set, progress=False, desc="eval")
     on_eval = {prompt: round(100 * row["accuracy"], 2) for prompt, row in zip(prompts, rows)}
     manual = {name: on_eval[text] for name, text in references.items() if name != "no prompt"}
     out = {
         "bench": "ceiling", "method": "autoprompt", "task": "sst2", "task_model": args.task_model,
-        "template": task.template,        "verbalizers": task.verbalizers, "machine": hardware(model.device), "task_dtype": str(model.dtype),
+        "template": task.template, "verbalizers": task.verbalizers, "machine": hardware(model.device),
+        "task_dtype": str(model.dtype),
         "data": "glue-train" if args.shots is None else f"16-shot/{args.shots}",
         "train_size": len(task.train), "dev_size": len(task.dev), "min_words": args.min_words,
         "sample_seed": seed, "options": options, "eval_set": "sst-2/full/dev.tsv",
@@ -123,10 +123,9 @@ def main(argv=None) -> int:
         "no_prompt_eval_acc": on_eval[""],
         "best_manual_eval_acc": max(manual.values()), "manual_eval_acc": manual,
         "accepted": [{"round": r["round"], "prompt": r["prompt"], "train_reward": r["train_reward"],
-                      "eval_acc": on_eval[r["prompt"]]} for r in result.extra["rounds"] if r["improved"]],
+                      "eval_acc": on_eval[r["prompt"]]} for r in accepted],
         "rounds": len(result.extra["rounds"]), "stop_reason": result.extra["stop_reason"],
         "pairs_scored": result.pairs_scored, "search_s": round(search_s, 1),
-        "torch": torch.__version__,
     }
     line = json.dumps(out)
     print(line, flush=True)
