@@ -179,6 +179,26 @@ def test_quality_bench_smoke_one_seed_on_a_tiny_model_resumes(tiny_model_dir, da
     assert gone.returncode == 0, gone.stderr[-2000:]
     assert json.loads(gone.stdout)["labels"]["smoke"]["rules"] == rules  # read back: its run folders are elsewhere
 
+    mutual_info = [sys.executable, str(REPO / "bench" / "mutual_info.py"), "--labels", "smoke", "--selection-results",
+                   str(tmp_path / "selection"), "--results", str(tmp_path / "mutual_info"), "--task-model", tiny,
+                   "--task-dtype", "fp32", "--pool", "4", "--data-dir", str(data_dir)]
+    proc = subprocess.run(mutual_info, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mi = json.loads((tmp_path / "mutual_info" / "smoke.json").read_text())
+    seed = mi["seeds"][0]
+    assert mi["pool"] == 4 and seed["candidates"] == len(scored) == len(seed["per_candidate"])
+    assert seed["rules"]["dev"]["prompt"] == dev_pick["prompt"]
+    for rule, key in (("mi-raw", "mi_raw"), ("mi-calibrated", "mi_calibrated")):
+        best = max(c[key] for c in seed["per_candidate"])
+        assert all(0 <= c[key] <= 0.6932 for c in seed["per_candidate"])  # at most log 2 nats for 2 labels
+        pick = next(c for c in seed["per_candidate"] if c["prompt"] == seed["rules"][rule]["prompt"])
+        assert pick[key] == best and seed["rules"][rule]["eval_acc"] == pick["eval_acc"]
+    assert all(seed["rules"]["oracle"]["eval_acc"] >= r["eval_acc"] for r in seed["rules"].values())
+    assert json.loads(proc.stdout)["labels"]["smoke"] == mi["summary"]
+    again = [a if a != tiny else str(tmp_path / "no-such-model") for a in mutual_info]
+    proc = subprocess.run(again, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["labels"]["smoke"] == mi["summary"]  # read back
+
     ensemble = [sys.executable, str(REPO / "bench" / "ensemble.py"), "--selection-results", str(tmp_path / "selection"),
                 "--results", str(tmp_path / "ensemble"), "--task-model", tiny, "--task-dtype", "fp32", "--pool", "4",
                 "--data-dir", str(data_dir)]
