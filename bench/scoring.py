@@ -117,11 +117,15 @@ def main(argv=None) -> int:
     p.add_argument("--cached-only", action="store_true", help="time the CachedScorer alone (no naive baseline)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per scorer, median reported (default 2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-rows", type=int, default=512, help="(prompt, example) rows per forward pass, both "
+                   "scorers (default 512, the scorers' own); a GPU may want one pass per call")
     p.add_argument("--attention-ab", action="store_true", help="also time the cached scorer under transformers' "
                    "sdpa attention (key/value heads copied per layer) and report the ratio")
     p.add_argument("--dtypes", help="comma-separated precisions to time (default: fp32, plus bf16 where "
                    "the hardware runs it fast; emulated bf16 on an AVX2-only CPU is ~70x slower)")
     args = p.parse_args(argv)
+    if args.max_rows < 1:
+        p.error(f"--max-rows {args.max_rows}: must be at least 1")
     quiet_transformers()
     torch.manual_seed(0)
 
@@ -132,7 +136,7 @@ def main(argv=None) -> int:
     pairs = len(prompts) * len(sentences)
 
     result = {"bench": "scoring", "model": args.model, "prompts": len(prompts), "examples": len(sentences),
-              "pairs": pairs, "repeats": args.repeats}
+              "pairs": pairs, "repeats": args.repeats, "max_rows": args.max_rows}
     outputs = {}
     dtypes = list(dict.fromkeys(d.strip() for d in args.dtypes.split(","))) if args.dtypes else \
         ["fp32"] + (["bf16"] if fast_bf16(pick_device(args.device)) else [])
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
             result[f"gqa_speedup_{dtype}"] = attention_ab(model, tok, task, prompts, warmup, sentences, args.repeats)
         scorers = (("cached", CachedScorer),) + ((("naive", NaiveScorer),) if not args.cached_only else ())
         for name, cls in scorers:
-            scorer = cls(model, tok, task.template, task.verbalizers)
+            scorer = cls(model, tok, task.template, task.verbalizers, max_rows=args.max_rows)
             seconds, outputs[name, dtype] = time_scorer(scorer, prompts, warmup, sentences, args.repeats)
             result[f"{name}_{dtype}_pairs_per_s"] = round(pairs / seconds, 1)
             if name == "cached":

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("dtypes", ["bf16", "fp32,bf16"])
 def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
     proc = subprocess.run([sys.executable, "bench/scoring.py", "--dtypes", dtypes, "--prompts", "2",
-                           "--examples", "2", "--repeats", "1"], cwd=REPO, capture_output=True, text=True,
+                           "--examples", "2", "--repeats", "1", "--max-rows", "3"], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "RLPROMPT_DATA": str(data_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -27,6 +27,7 @@ def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
         assert result[f"cached_{dtype}_pairs_per_s"] > 0 and f"max_abs_diff_{dtype}" in result
     assert ("bf16_label_agreement" in result) == ("fp32" in dtypes)
     assert result["host_ms_per_call"] > 0
+    assert result["max_rows"] == 3  # 4 pairs in two passes, cached and naive alike (max_abs_diff compares them)
 
 
 def test_position_bench_scores_every_prompt_after_and_before_the_input(tiny_model_dir, data_dir, tmp_path):
