@@ -56,6 +56,21 @@ def ensemble_accuracy(logprobs, labels) -> float:
     return float((logprobs.mean(0).argmax(-1) == torch.tensor(labels)).float().mean())
 
 
+def dev_ranked(stored: dict) -> list[dict]:
+    """The candidates a stored bench/selection.py run scored on dev, best first by the dev rule (dev
+    accuracy, ties by logged train reward): the first is the run's own pick."""
+    return sorted((r for r in stored["candidates"] if r["dev_scored"]),
+                  key=lambda r: (r["logged_dev_acc"], r["logged_train_reward"]), reverse=True)
+
+
+def unlabelled_pool(data_dir: Path, size: int) -> list[str]:
+    """A fixed sample of `size` GLUE SST-2 train sentences (labels never read); [] for size 0."""
+    from rlprompt.minibatch import fixed_sample
+    from rlprompt.tasks import read_tsv
+
+    return [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), size, 0)] if size else []
+
+
 def score_seed(raw_scorer, label_dir: Path, seed: int, pool: list[str], data_dir: Path, top: int) -> dict:
     """Every rule's pick and the ensembles of one seed's candidates, with the baselines, on the 872."""
     from rlprompt.baselines import Baselines, manual_candidates
@@ -67,8 +82,7 @@ def score_seed(raw_scorer, label_dir: Path, seed: int, pool: list[str], data_dir
     task = find_spec("sst2").with_overrides(test=str(data_dir / FULL_DEV)).load(data_dir, seed)
     scorer = calibrated(raw_scorer, "batch", unlabeled_inputs(task.train))
     labels = [e.label for e in task.test]
-    cands = sorted((r for r in stored["candidates"] if r["dev_scored"]),
-                   key=lambda r: (r["logged_dev_acc"], r["logged_train_reward"]), reverse=True)
+    cands = dev_ranked(stored)
     texts = [r["prompt"] for r in cands]
     own_inputs = [e.text for e in task.train + task.dev]
     agree_64 = majority_agreement(scorer.score(texts, own_inputs).argmax(-1))
@@ -138,7 +152,7 @@ def main(argv=None) -> int:
         raise UserError(f"--top {args.top}: the ensembles need the top {max(ENSEMBLE_SIZES)}")
 
     from rlprompt.runs import cached_json
-    from rlprompt.tasks import find_spec, read_tsv, resolve_data_dir
+    from rlprompt.tasks import find_spec, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     label_dir = Path(args.selection_results) / args.label
@@ -157,14 +171,13 @@ def main(argv=None) -> int:
         """(raw scorer, its dtype, the unlabelled pool): loaded once, and only when a seed is not cached
         (a read-back run does not import transformers either)."""
         from rlprompt.config import TrainConfig
-        from rlprompt.minibatch import fixed_sample
         from rlprompt.models import load_lm
         from rlprompt.scorer import build_scorer
 
         spec = find_spec("sst2")
         model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        pool = [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), args.pool, 0)] if args.pool else []
+        pool = unlabelled_pool(data_dir, args.pool)
         return build_scorer(model, tok, spec.template, spec.verbalizers), dtype, pool
 
     def make(seed: int) -> dict:

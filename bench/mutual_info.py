@@ -20,16 +20,17 @@ means are printed as one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 from pathlib import Path
 
+from ensemble import dev_ranked, unlabelled_pool  # bench/ is the script's folder, first on sys.path
 from rlprompt.cli import OneLineArgumentParser, run_cli
 from rlprompt.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-FULL_TRAIN = "sst-2/full/train.tsv"
 RULES = ("dev", "mi-raw", "mi-calibrated", "oracle")
 
 
@@ -71,8 +72,7 @@ def score_seed(raw_scorer, stored: dict, pool: list[str], data_dir: Path) -> dic
     from rlprompt.tasks import find_spec
 
     task = find_spec(stored["task"]).load(data_dir, stored["seed"])
-    cands = sorted((r for r in stored["candidates"] if r["dev_scored"]),
-                   key=lambda r: (r["logged_dev_acc"], r["logged_train_reward"]), reverse=True)
+    cands = dev_ranked(stored)
     if not cands:
         raise UserError(f"{stored['run']}: no candidate was scored on dev")
     texts = [r["prompt"] for r in cands]
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         raise UserError(f"--pool {args.pool}: mutual information needs at least 2 inputs")
 
     from rlprompt.runs import cached_json
-    from rlprompt.tasks import read_tsv, resolve_data_dir
+    from rlprompt.tasks import resolve_data_dir
 
     labels = [label for label in args.labels.split(",") if label]
     stored = {}
@@ -131,23 +131,19 @@ def main(argv=None) -> int:
                             f"run bench/selection.py --labels {label} first")
         stored[label] = sorted((json.loads(f.read_text(encoding="utf-8")) for f in files), key=lambda r: r["seed"])
     data_dir = resolve_data_dir(args.data_dir)
-    loaded = {}
 
-    def scoring():
+    @functools.cache
+    def scoring() -> tuple:
         """(raw scorer, dtype, pool), loaded once and only when a label is not read back."""
-        if not loaded:
-            from rlprompt.config import TrainConfig
-            from rlprompt.minibatch import fixed_sample
-            from rlprompt.models import load_lm
-            from rlprompt.scorer import build_scorer
-            from rlprompt.tasks import find_spec
+        from rlprompt.config import TrainConfig
+        from rlprompt.models import load_lm
+        from rlprompt.scorer import build_scorer
+        from rlprompt.tasks import find_spec
 
-            spec = find_spec("sst2")
-            model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
-            loaded["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-            loaded["pool"] = [e.text for e in fixed_sample(read_tsv(data_dir / FULL_TRAIN, 2), args.pool, 0)]
-            loaded["scorer"] = build_scorer(model, tok, spec.template, spec.verbalizers)
-        return loaded["scorer"], loaded["dtype"], loaded["pool"]
+        spec = find_spec("sst2")
+        model, tok = load_lm(args.task_model or TrainConfig.task_model, None, args.task_dtype)
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        return build_scorer(model, tok, spec.template, spec.verbalizers), dtype, unlabelled_pool(data_dir, args.pool)
 
     def make(label: str) -> dict:
         scorer, dtype, pool = scoring()
