@@ -85,7 +85,8 @@ def score_seed(raw_scorer, stored: dict, pool: list[str], data_dir: Path) -> dic
         picks[rule] = max(range(len(cands)), key=lambda i: (values[i], -i))  # ties to the better dev rank
     return {"seed": stored["seed"], "run": stored["run"], "eval_n": stored["eval_n"], "candidates": len(cands),
             "rules": {rule: {"prompt": texts[picks[rule]], "eval_acc": acc[picks[rule]]} for rule in RULES},
-            "spearman_mi_raw": spearman(mi["mi-raw"], acc), "spearman_mi_calibrated": spearman(mi["mi-calibrated"], acc),
+            "spearman_mi_raw": spearman(mi["mi-raw"], acc),
+            "spearman_mi_calibrated": spearman(mi["mi-calibrated"], acc),
             "per_candidate": [{"prompt": t, "eval_acc": a, "mi_raw": round(r, 5), "mi_calibrated": round(c, 5)}
                               for t, a, r, c in zip(texts, acc, mi["mi-raw"], mi["mi-calibrated"])]}
 

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("dtypes", ["bf16", "fp32,bf16"])
 def test_scoring_bench_with_any_dtypes(dtypes, data_dir):
     proc = subprocess.run([sys.executable, "bench/scoring.py", "--dtypes", dtypes, "--prompts", "2",
-                           "--examples", "2", "--repeats", "1", "--max-rows", "3"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "RLPROMPT_DATA": str(data_dir)})
+                           "--examples", "2", "--repeats", "1", "--max-rows", "3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "RLPROMPT_DATA": str(data_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for dtype in dtypes.split(","):
